@@ -1,0 +1,296 @@
+"""Parse and validate a mergekit-yaml merge config (mergekit-semantics §2).
+
+mergekit ignores unknown keys silently; we accept the same documents but warn about unknown keys,
+and give keys users commonly get wrong (from tutorials) an error that says what to write instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+
+from mergeflow.engine.errors import ConfigError
+
+log = logging.getLogger("mergeflow")
+
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+}
+
+TOP_LEVEL_KEYS = {
+    "merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype",
+    "tokenizer_source", "tokenizer", "chat_template",
+}
+NOT_SUPPORTED_YET = {
+    "tokenizer_source": "tokenizer merging",
+    "tokenizer": "tokenizer merging",
+    "chat_template": "chat templates",
+}
+MOE_KEYS = {"experts", "gate_mode", "experts_per_token", "shared_experts"}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the config names it: a local path or a Hub repo, optionally at a revision."""
+
+    path: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.revision}" if self.revision else self.path
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input of an output slice; ``layer_range`` is None for ``models:`` syntax."""
+
+    model: ModelRef
+    layer_range: tuple[int, int] | None
+    parameters: dict[str, Any]
+    key: str  # where it sits in the config, for messages
+
+
+@dataclass(frozen=True)
+class OutputSlice:
+    sources: tuple[Source, ...]
+    base_model: ModelRef | None
+    parameters: dict[str, Any]
+    key: str
+
+
+@dataclass
+class MergeConfig:
+    merge_method: str
+    text: str
+    models: list[Source] | None = None
+    slices: list[OutputSlice] | None = None
+    base_model: ModelRef | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    module_parameters: dict[str, Any] = field(default_factory=dict)
+    dtype: torch.dtype | None = None
+    out_dtype: torch.dtype | None = None
+
+    def referenced_models(self) -> list[ModelRef]:
+        """Every model in config order (sources first, then bases), without repeats."""
+        refs: list[ModelRef] = []
+        sources = self.models or [s for sl in self.slices or [] for s in sl.sources]
+        candidates = [s.model for s in sources] + [self.base_model]
+        candidates += [sl.base_model for sl in self.slices or []]
+        for ref in candidates:
+            if ref is not None and ref not in refs:
+                refs.append(ref)
+        return refs
+
+    @property
+    def canonical_sha256(self) -> str:
+        """Hash of the parsed document, so formatting and comments do not change it."""
+        canonical = json.dumps(yaml.safe_load(self.text), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_config(text: str) -> MergeConfig:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"merge config is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("", "merge config must be a YAML mapping")
+    return _parse_document(doc, text)
+
+
+def _parse_document(doc: dict, text: str) -> MergeConfig:
+    if doc.get("merge_method") == "moe" or MOE_KEYS & doc.keys():
+        raise ConfigError(
+            "merge_method",
+            "this is a mergekit-moe config (experts/positive_prompts); MoE building is not "
+            "supported yet (mergekit-moe CONFIG OUT builds it today)",
+        )
+    for key, what in NOT_SUPPORTED_YET.items():
+        if key in doc:
+            raise ConfigError(key, f"{what} is not supported yet; remove '{key}' to copy the donor's tokenizer")
+    _warn_unknown(doc, TOP_LEVEL_KEYS, "")
+    method = doc.get("merge_method")
+    if not isinstance(method, str) or not method:
+        raise ConfigError("merge_method", f"required, a method name (got {method!r})")
+    syntaxes = [k for k in ("models", "slices", "modules") if doc.get(k) is not None]
+    if len(syntaxes) != 1:
+        raise ConfigError(
+            "models", f"exactly one of 'models', 'slices' or 'modules' must be present (found {syntaxes or 'none'})"
+        )
+    config = MergeConfig(
+        merge_method=method,
+        text=text,
+        base_model=_model_ref(doc["base_model"], "base_model") if doc.get("base_model") is not None else None,
+        parameters=_parameters(doc.get("parameters"), "parameters"),
+        dtype=_dtype(doc.get("dtype"), "dtype"),
+        out_dtype=_dtype(doc.get("out_dtype"), "out_dtype"),
+    )
+    body, prefix = doc, ""
+    if "modules" in syntaxes:
+        body, prefix = _single_module(doc["modules"])
+        config.module_parameters = _parameters(body.get("parameters"), f"{prefix}parameters")
+    if body.get("models") is not None and body.get("slices") is not None:
+        raise ConfigError(prefix.rstrip("."), "a module must have exactly one of 'slices' or 'models'")
+    if body.get("models") is not None:
+        config.models = [_source(item, f"{prefix}models[{i}]", False) for i, item in enumerate(_list(body, "models", prefix))]
+    elif body.get("slices") is not None:
+        config.slices = [_slice(item, f"{prefix}slices[{i}]") for i, item in enumerate(_list(body, "slices", prefix))]
+    else:
+        raise ConfigError(prefix.rstrip("."), "a module must have exactly one of 'slices' or 'models'")
+    return config
+
+
+def _single_module(modules: Any) -> tuple[dict, str]:
+    if not isinstance(modules, dict) or set(modules) != {"default"} or not isinstance(modules["default"], dict):
+        raise ConfigError("modules", "only the single module 'default' is supported (multi-module architectures are not)")
+    _warn_unknown(modules["default"], {"models", "slices", "parameters"}, "modules.default.")
+    return modules["default"], "modules.default."
+
+
+def _list(body: dict, key: str, prefix: str) -> list:
+    value = body[key]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{prefix}{key}", f"must be a non-empty list (got {value!r})")
+    return value
+
+
+def _slice(item: Any, key: str) -> OutputSlice:
+    if not isinstance(item, dict):
+        raise ConfigError(key, f"must be a mapping with 'sources' (got {item!r})")
+    _warn_unknown(item, {"sources", "base_model", "parameters", "residual_weight"}, f"{key}.")
+    sources = item.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise ConfigError(f"{key}.sources", f"must be a non-empty list (got {sources!r})")
+    parsed = tuple(_source(s, f"{key}.sources[{j}]", True) for j, s in enumerate(sources))
+    counts = {s.layer_range[1] - s.layer_range[0] for s in parsed}
+    if len(counts) > 1:
+        raise ConfigError(f"{key}.sources", f"all inputs to a slice must contain the same number of layers (got {sorted(counts)})")
+    base = item.get("base_model")
+    return OutputSlice(
+        sources=parsed,
+        base_model=_model_ref(base, f"{key}.base_model") if base is not None else None,
+        parameters=_parameters(item.get("parameters"), f"{key}.parameters"),
+        key=key,
+    )
+
+
+def _source(item: Any, key: str, needs_range: bool) -> Source:
+    if not isinstance(item, dict) or "model" not in item:
+        raise ConfigError(key, f"must be a mapping with a 'model' key (got {item!r})")
+    allowed = {"model", "parameters"} | ({"layer_range"} if needs_range else set())
+    _warn_unknown(item, allowed, f"{key}.")
+    layer_range = None
+    if needs_range:
+        layer_range = _layer_range(item.get("layer_range"), f"{key}.layer_range")
+    return Source(
+        model=_model_ref(item["model"], f"{key}.model"),
+        layer_range=layer_range,
+        parameters=_parameters(item.get("parameters"), f"{key}.parameters"),
+        key=key,
+    )
+
+
+def _layer_range(value: Any, key: str) -> tuple[int, int]:
+    ok = (
+        isinstance(value, list) and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 0 <= value[0] < value[1]
+    )
+    if not ok:
+        raise ConfigError(key, f"expected [start, end] with 0 <= start < end (got {value!r})")
+    return (value[0], value[1])
+
+
+def _model_ref(value: Any, key: str) -> ModelRef:
+    """Accept ``path[@rev]`` strings and the dict forms ``{path, revision}`` / ``{model: ..., lora: ...}``."""
+    if isinstance(value, dict):
+        if value.get("lora") is not None:
+            raise ConfigError(key, "model+lora references are not supported yet")
+        if "model" in value:
+            _warn_unknown(value, {"model", "lora", "override_architecture"}, f"{key}.")
+            if value.get("override_architecture"):
+                raise ConfigError(f"{key}.override_architecture", "is not supported yet")
+            return _model_ref(value["model"], f"{key}.model")
+        if isinstance(value.get("path"), str) and value["path"]:
+            _warn_unknown(value, {"path", "revision"}, f"{key}.")
+            revision = value.get("revision")
+            return ModelRef(value["path"], str(revision) if revision is not None else None)
+        raise ConfigError(key, f"expected a model path or {{path, revision}} (got {value!r})")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"expected a model path or Hub repo (got {value!r})")
+    if "+" in value:
+        raise ConfigError(key, f"model+lora references are not supported yet (got {value!r})")
+    path, sep, revision = value.partition("@")
+    if "@" in revision or (sep and not revision) or not path:
+        raise ConfigError(key, f"expected PATH or PATH@REVISION (got {value!r})")
+    return ModelRef(path, revision or None)
+
+
+def _dtype(value: Any, key: str) -> torch.dtype | None:
+    if value is None:
+        return None
+    name = value.removeprefix("torch.") if isinstance(value, str) else value
+    if name not in DTYPES:
+        raise ConfigError(key, f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _parameters(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a mapping of parameter names to values (got {value!r})")
+    if "dare" in value:
+        raise ConfigError(
+            f"{key}.dare",
+            "is not a mergekit key (mergekit would silently ignore it). DARE's keep probability is "
+            "'density' (drop_rate 0.9 means density: 0.1): delete 'dare:' and set density instead",
+        )
+    return {name: _setting(setting, f"{key}.{name}") for name, setting in value.items()}
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def _setting(value: Any, key: str) -> Any:
+    """Check the shape of a setting: scalar, gradient list, or (list of) ``{filter?, value}``."""
+    if _is_scalar(value):
+        return value
+    if isinstance(value, dict):
+        return [_conditional(value, key)]
+    if isinstance(value, list) and value:
+        if all(_is_scalar(v) for v in value):
+            return value
+        if all(isinstance(v, dict) for v in value):
+            return [_conditional(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise ConfigError(
+        key, f"expected a value, a gradient list, or a list of {{filter, value}} entries (got {value!r})"
+    )
+
+
+def _conditional(value: dict, key: str) -> dict:
+    if "value" not in value or set(value) - {"filter", "value"}:
+        raise ConfigError(key, f"a conditional parameter needs exactly 'value' and an optional 'filter' (got {value!r})")
+    inner = value["value"]
+    if not (_is_scalar(inner) or (isinstance(inner, list) and inner and all(_is_scalar(v) for v in inner))):
+        raise ConfigError(f"{key}.value", f"expected a value or a gradient list (got {inner!r})")
+    if value.get("filter") is not None and not isinstance(value["filter"], str):
+        raise ConfigError(f"{key}.filter", f"expected a string (got {value['filter']!r})")
+    return {"filter": value.get("filter"), "value": inner}
+
+
+def _warn_unknown(mapping: dict, known: set[str], prefix: str) -> None:
+    unknown = sorted(str(k) for k in mapping if k not in known)
+    if unknown:
+        log.warning("ignoring unknown config key(s): %s", ", ".join(prefix + k for k in unknown))

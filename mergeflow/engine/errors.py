@@ -1,0 +1,17 @@
+"""Errors the user can act on. Each carries one line that names the offending key, file or tensor."""
+
+
+class MergeflowError(Exception):
+    """Base class: the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+
+class ConfigError(MergeflowError):
+    """The merge config is invalid; the message starts with the config key path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key '{key}': {message}" if key else message)
+        self.key = key
+
+
+class PreflightError(MergeflowError):
+    """The inputs cannot be merged as configured (architecture, missing tensor, shape)."""

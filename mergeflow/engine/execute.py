@@ -1,0 +1,69 @@
+"""Execution: load each task's inputs, run the method, stream the result to the writer.
+
+I/O stays here and in ``checkpoint``/``writer``; the math is the method's pure function.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from mergeflow.engine.checkpoint import Checkpoint
+from mergeflow.engine.config import ModelRef
+from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.plan import MergePlan, TensorTask
+from mergeflow.engine.writer import ShardWriter
+from mergeflow.methods import MergeInputs, MethodSpec
+
+
+def execute(
+    plan: MergePlan,
+    method: MethodSpec,
+    checkpoints: dict[ModelRef, Checkpoint],
+    writer: ShardWriter,
+    seed: int,
+    device: str = "cpu",
+    progress: bool = True,
+) -> None:
+    """Run every task in plan order; the seed is set once, as mergekit does, before the first draw."""
+    torch.manual_seed(seed)
+    math_device = torch.device(device if method.uses_accelerator else "cpu")
+    for task in tqdm(plan.tasks, desc="merging", unit="tensor", disable=not progress):
+        inputs = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
+        result = _merge_one(task, inputs, method, math_device)
+        writer.write(task.output_name, result.to("cpu").to(task.out_dtype).contiguous())
+    writer.finish()
+
+
+def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
+    tensor = checkpoint.load(name)
+    if task.load_dtype is not None and tensor.dtype != task.load_dtype:
+        tensor = tensor.to(task.load_dtype)
+    if task.vocabulary_axis is not None and tensor.shape[0] != task.shape[0]:
+        tensor = tensor[: task.shape[0]]  # --unsafe-truncate-embeddings: keep the common prefix
+    return tensor.to(task.merge_dtype)
+
+
+def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec, device: torch.device) -> torch.Tensor:
+    if not task.merge_dtype.is_floating_point:
+        # Integer buffers are not merged: they pass through when every input agrees.
+        if any(not torch.equal(inputs[0], other) for other in inputs[1:]):
+            raise MergeflowError(f"tensor {task.output_name}: non-floating tensors differ between models and cannot be merged")
+        return inputs[0]
+    merge_inputs = MergeInputs(
+        tensors=tuple(t.to(device) for t in inputs),
+        base_index=task.base_index,
+        params=task.params,
+        model_params=task.model_params,
+        tensor_name=task.output_name,
+        vocabulary_axis=task.vocabulary_axis,
+    )
+    with torch.autocast(device_type=device.type, enabled=False):
+        try:
+            result = method.merge(merge_inputs)
+        except ValueError as err:
+            raise MergeflowError(f"tensor {task.output_name}: {err}") from None
+    expected = method.result_dtype(task.merge_dtype)
+    if result.dtype != expected:
+        raise RuntimeError(f"tensor {task.output_name}: '{method.name}' returned {result.dtype}, declared {expected}")
+    return result

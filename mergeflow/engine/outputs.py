@@ -1,0 +1,87 @@
+"""Everything written beside the weights: config, tokenizer, model card, verbatim config, provenance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from mergeflow import __version__
+from mergeflow.engine.architecture import layer_count_key
+from mergeflow.engine.config import MergeConfig, ModelRef
+from mergeflow.methods import MethodSpec
+
+# Copied from the donor when it has a tokenizer (mergekit-semantics §10.5).
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+    "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+    "generation_config.json", "video_preprocessor_config.json",
+)
+PROVENANCE_FILE = "provenance.json"
+_DTYPE_NAMES = {dtype: name for name, dtype in {
+    "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+    "float64": torch.float64, "int64": torch.int64,
+}.items()}
+
+
+def write_model_config(out: Path, donor_config: dict, config: MergeConfig, output_layers: int | None) -> None:
+    merged = dict(donor_config)
+    dtype = config.out_dtype or config.dtype
+    if dtype is not None:
+        merged["dtype"] = _DTYPE_NAMES[dtype]
+        if "torch_dtype" in merged:
+            merged["torch_dtype"] = _DTYPE_NAMES[dtype]
+    key = layer_count_key(merged)
+    if output_layers is not None and key is not None:
+        merged[key] = output_layers
+    (out / "config.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+def copy_tokenizer(donor: Path, out: Path) -> list[str]:
+    if not (donor / "tokenizer_config.json").is_file():
+        return []
+    if not ((donor / "tokenizer.json").is_file() or (donor / "tokenizer.model").is_file()):
+        return []
+    copied = [name for name in TOKENIZER_FILES if (donor / name).is_file()]
+    for name in copied:
+        shutil.copyfile(donor / name, out / name)
+    return copied
+
+
+def is_hub_reference(ref: ModelRef) -> bool:
+    """A reference the model card can link: ``org/name`` that is not a local path (no network call)."""
+    path = ref.path
+    return not path.startswith(("/", "~", ".")) and path.count("/") <= 1 and not Path(path).exists()
+
+
+def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec, donor: ModelRef) -> None:
+    base = config.base_model
+    hub_models = [str(r) for r in config.referenced_models() if is_hub_reference(r)]
+    front = yaml.dump({"base_model": hub_models, "library_name": "transformers", "tags": ["mergekit", "merge", "mergeflow"]})
+    name = method.pretty_name or method.name
+    method_line = f"[{name}]({method.reference_url})" if method.reference_url else name
+    if base is not None and method.name != "slerp":
+        method_line += f" using {_md_model(base)} as a base"
+    merged = [r for r in config.referenced_models() if r != base or method.name == "slerp"]
+    lines = [
+        "---", front.rstrip(), "---", f"# {title}", "",
+        "This is a merge of pre-trained language models created with "
+        "[mergeflow](https://github.com/mergeflow/mergeflow), whose engine reproduces mergekit 0.1.5 bit for bit.",
+        "", "## Merge Details", "### Merge Method", "", f"This model was merged using the {method_line} merge method.",
+        "", "### Models Merged", "", "The following models were included in the merge:",
+        *[f"* {_md_model(r)}" for r in merged],
+        "", "### Configuration", "", "The following YAML configuration was used to produce this model:", "",
+        "```yaml", config.text.rstrip(), "```", "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def _md_model(ref: ModelRef) -> str:
+    return f"[{ref}](https://huggingface.co/{ref.path})" if is_hub_reference(ref) else str(ref)
+
+
+def write_provenance(out: Path, record: dict) -> None:
+    (out / PROVENANCE_FILE).write_text(json.dumps({"mergeflow_version": __version__, **record}, indent=2) + "\n")

@@ -1,0 +1,256 @@
+"""Planning: which output tensor comes from which input tensors, with which parameters.
+
+Everything here reads only config.json files and safetensors headers, so a bad config, a missing
+tensor or a shape mismatch fails before any weight is loaded. Execution order is mergekit's
+(§6): ascending plain-string order of each task's largest input name, ties in planning order; the
+seeded methods draw their random numbers in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import torch
+
+from mergeflow.engine import params as P
+from mergeflow.engine.architecture import Architecture, infer_architecture, layer_count_key, tied_source, vocabulary_axis
+from mergeflow.engine.checkpoint import Checkpoint
+from mergeflow.engine.config import MergeConfig, ModelRef, OutputSlice, Source
+from mergeflow.engine.errors import ConfigError, PreflightError
+from mergeflow.engine.writer import TensorSlot
+from mergeflow.methods import MethodSpec, Scope
+
+log = logging.getLogger("mergeflow")
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    model: ModelRef
+    name: str
+
+
+@dataclass(frozen=True)
+class TensorTask:
+    output_name: str
+    inputs: tuple[InputTensor, ...]
+    base_index: int | None
+    params: dict[str, Any]
+    model_params: tuple[dict[str, Any], ...]
+    vocabulary_axis: int | None
+    shape: tuple[int, ...]
+    load_dtype: torch.dtype | None  # the config's `dtype`, applied at load time
+    merge_dtype: torch.dtype  # inputs are promoted to this before the merge
+    out_dtype: torch.dtype  # what is written
+
+    @property
+    def order_key(self) -> str:
+        return max(i.name for i in self.inputs)
+
+
+@dataclass
+class MergePlan:
+    tasks: list[TensorTask]  # in execution (and save) order
+    donor: ModelRef
+    output_layers: int | None  # layer count to write into config.json (slices syntax only)
+
+    @property
+    def slots(self) -> list[TensorSlot]:
+        return [TensorSlot(t.output_name, t.out_dtype, t.shape) for t in self.tasks]
+
+
+def build_plan(
+    config: MergeConfig,
+    method: MethodSpec,
+    checkpoints: dict[ModelRef, Checkpoint],
+    allow_crimes: bool = False,
+    unsafe_truncate_embeddings: bool = False,
+) -> MergePlan:
+    _check_architectures(checkpoints, allow_crimes)
+    _warn_unknown_parameters(config, method)
+    slices = _output_slices(config, checkpoints)
+    base_of = {id(s): s.base_model or config.base_model for s in slices}
+    if method.requires_base:
+        for sl in slices:
+            base = base_of[id(sl)]
+            if base is None:
+                raise ConfigError("base_model", f"merge method '{method.name}' needs a base_model")
+            if base not in [src.model for src in sl.sources]:
+                raise ConfigError(f"{sl.key}.sources", f"base model {base} is not among this slice's sources")
+    arch = infer_architecture(
+        list(dict.fromkeys(n for c in checkpoints.values() for n in c.headers)),
+        checkpoints[_donor(config)].config,
+    )
+    planner = _Planner(config, method, checkpoints, arch, unsafe_truncate_embeddings)
+    first, last = slices[0], slices[-1]
+    for name in arch.pre_weights:
+        planner.add(name, [(src, name) for src in first.sources], first, base_of[id(first)], 0.0)
+    layer = 0
+    for sl in slices:
+        start, end = sl.sources[0].layer_range
+        for k in range(end - start):
+            t = k / (end - start - 1) if end - start > 1 else 1.0
+            for suffix in arch.layer_suffixes:
+                inputs = [(src, arch.layer_tensor(src.layer_range[0] + k, suffix)) for src in sl.sources]
+                planner.add(arch.layer_tensor(layer, suffix), inputs, sl, base_of[id(sl)], t)
+            layer += 1
+    # mergekit sizes the post-weight inputs by the first slice and zips them with the last slice.
+    post_sources = last.sources[: len(first.sources)]
+    for name in arch.post_weights:
+        planner.add(name, [(src, name) for src in post_sources], last, base_of[id(last)], 0.0)
+    ordered = sorted(enumerate(planner.tasks), key=lambda item: (item[1].order_key, item[0]))
+    return MergePlan(
+        tasks=[task for _, task in ordered],
+        donor=_donor(config),
+        output_layers=layer if config.slices else None,
+    )
+
+
+def _donor(config: MergeConfig) -> ModelRef:
+    """Config, tokenizer and card donor: the base model, else the first model in config order.
+
+    mergekit takes the first of a Python set when there is no base, which varies between runs; we
+    pin the config order instead.
+    """
+    return config.base_model or config.referenced_models()[0]
+
+
+def _check_architectures(checkpoints: dict[ModelRef, Checkpoint], allow_crimes: bool) -> None:
+    archs = {ref: c.architecture for ref, c in checkpoints.items()}
+    if len(set(archs.values())) > 1 and not allow_crimes:
+        listing = ", ".join(f"{ref} is {arch}" for ref, arch in archs.items())
+        raise PreflightError(f"models have different architectures ({listing}); pass --allow-crimes to merge anyway")
+
+
+def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec) -> None:
+    mappings = [("parameters", config.parameters), ("modules.default.parameters", config.module_parameters)]
+    mappings += [(f"{s.key}.parameters", s.parameters) for s in config.models or []]
+    for sl in config.slices or []:
+        mappings.append((f"{sl.key}.parameters", sl.parameters))
+        mappings += [(f"{s.key}.parameters", s.parameters) for s in sl.sources]
+    for key, mapping in mappings:
+        unknown = sorted(set(mapping) - set(method.param_index))
+        if unknown:
+            names = ", ".join(f"{key}.{name}" for name in unknown)
+            log.warning("ignoring parameter(s) that '%s' does not use: %s", method.name, names)
+
+
+def _output_slices(config: MergeConfig, checkpoints: dict[ModelRef, Checkpoint]) -> list[OutputSlice]:
+    """``models:`` becomes one slice over all layers, the base appended last if not listed (§4.1)."""
+    def layers_of(ref: ModelRef) -> int:
+        config_json = checkpoints[ref].config
+        key = layer_count_key(config_json)
+        if key is None:
+            return infer_architecture(list(checkpoints[ref].headers), config_json).num_layers
+        return config_json[key]
+
+    if config.slices:
+        for sl in config.slices:
+            for src in sl.sources:
+                available = layers_of(src.model)
+                if src.layer_range[1] > available:
+                    raise ConfigError(f"{src.key}.layer_range", f"{list(src.layer_range)} exceeds the {available} layers of {src.model}")
+        return config.slices
+    sources = list(config.models)
+    if config.base_model is not None and config.base_model not in [s.model for s in sources]:
+        sources.append(Source(config.base_model, None, {}, "base_model"))
+    counts = {str(s.model): layers_of(s.model) for s in sources}
+    if len(set(counts.values())) > 1:
+        raise PreflightError(f"models have different layer counts ({counts}); use slices: to pick layers")
+    n = next(iter(counts.values()))
+    ranged = tuple(Source(s.model, (0, n), s.parameters, s.key) for s in sources)
+    return [OutputSlice(ranged, None, {}, "models")]
+
+
+class _Planner:
+    def __init__(self, config: MergeConfig, method: MethodSpec, checkpoints, arch: Architecture, truncate: bool):
+        self.config = config
+        self.method = method
+        self.checkpoints = checkpoints
+        self.arch = arch
+        self.truncate = truncate
+        self.tasks: list[TensorTask] = []
+        self.global_params = method.params_in(Scope.GLOBAL)
+        self.model_params = method.params_in(Scope.MODEL, Scope.INPUT)
+
+    def _shared_levels(self, sl: OutputSlice) -> list[tuple[str, dict]]:
+        levels = [(f"{sl.key}.parameters", sl.parameters)] if sl.key != "models" else []
+        if self.config.module_parameters:
+            levels.append(("modules.default.parameters", self.config.module_parameters))
+        levels.append(("parameters", self.config.parameters))
+        return levels
+
+    def add(self, output_name: str, wanted: list[tuple[Source, str]], sl: OutputSlice, base: ModelRef | None, t: float) -> None:
+        present = [(src, self._resolve_name(src.model, name)) for src, name in wanted]
+        if all(found is None for _, found in present):
+            return  # nobody has this weight (e.g. a tied lm_head): it is not written, as in mergekit
+        missing = [f"{src.model} lacks {name}" for (src, name), (_, found) in zip(wanted, present) if found is None]
+        if missing:
+            raise PreflightError(f"tensor {output_name}: {'; '.join(missing)}")
+        inputs = tuple(InputTensor(src.model, found) for src, found in present)
+        if len(inputs) < self.method.min_inputs:
+            if tied_source(output_name, self.arch.pre_weights):
+                return  # an optional weight the method cannot merge is dropped, as in mergekit
+            raise ConfigError("merge_method", f"'{self.method.name}' needs at least {self.method.min_inputs} models, got {len(inputs)} for tensor {output_name}")
+        if self.method.max_inputs is not None and len(inputs) > self.method.max_inputs:
+            raise ConfigError("merge_method", f"'{self.method.name}' takes at most {self.method.max_inputs} model(s) per tensor, got {len(inputs)} for {output_name}; use slices: to pick one model per layer range")
+        base_index = next((i for i, (src, _) in enumerate(present) if src.model == base), None)
+        shared = self._shared_levels(sl)
+        context = f"tensor {output_name}"
+        params = {p.name: P.resolve(p, shared, t, output_name, context) for p in self.global_params}
+        model_params = []
+        for i, (src, found) in enumerate(present):
+            scopes = (Scope.INPUT,) if i == base_index else (Scope.INPUT, Scope.MODEL)
+            levels = [(f"{s.key}.parameters", s.parameters) for s in sl.sources if s.model == src.model] + shared
+            model_params.append({
+                p.name: P.resolve(p, levels, t, found, f"model {src.model}, tensor {found}")
+                for p in self.model_params if p.scope in scopes
+            })
+        self.tasks.append(self._typed_task(output_name, inputs, base_index, params, tuple(model_params)))
+
+    def _resolve_name(self, model: ModelRef, name: str) -> str | None:
+        headers = self.checkpoints[model].headers
+        if name in headers:
+            return name
+        tied = tied_source(name, self.arch.pre_weights)
+        return tied if tied in headers else None
+
+    def _typed_task(self, output_name, inputs, base_index, params, model_params) -> TensorTask:
+        headers = [self.checkpoints[i.model].headers[i.name] for i in inputs]
+        shapes = [shape for _, shape in headers]
+        axis = vocabulary_axis(output_name, len(shapes[0]))
+        shape = self._output_shape(output_name, inputs, shapes, axis)
+        load_dtype = self.config.dtype
+        dtypes = [load_dtype or dtype for dtype, _ in headers]
+        merge_dtype = reduce(torch.promote_types, dtypes)
+        if merge_dtype.is_floating_point:
+            result = self.method.result_dtype(merge_dtype)
+        else:
+            result = merge_dtype
+        return TensorTask(
+            output_name=output_name,
+            inputs=inputs,
+            base_index=base_index,
+            params=params,
+            model_params=model_params,
+            vocabulary_axis=axis,
+            shape=shape,
+            load_dtype=load_dtype,
+            merge_dtype=merge_dtype,
+            out_dtype=self.config.out_dtype or result,
+        )
+
+    def _output_shape(self, output_name, inputs, shapes, axis) -> tuple[int, ...]:
+        if len(set(shapes)) == 1:
+            return shapes[0]
+        listing = ", ".join(f"{i.model}: {list(s)}" for i, s in zip(inputs, shapes))
+        same_rank = len({len(s) for s in shapes}) == 1
+        others_equal = same_rank and axis is not None and len({s[1:] for s in shapes}) == 1
+        if not others_equal:
+            raise PreflightError(f"tensor {output_name}: shape mismatch ({listing}); pass --allow-crimes only for differing architectures, shapes must still match")
+        if not self.truncate:
+            raise PreflightError(f"tensor {output_name}: vocabulary sizes differ ({listing}); pass --unsafe-truncate-embeddings to keep the common prefix")
+        rows = min(s[0] for s in shapes)
+        return (rows, *shapes[0][1:])

@@ -1,0 +1,67 @@
+"""Turn a config's model references into local directories, and record what exactly was used.
+
+A path that exists locally is used as is (as mergekit does); anything else is a Hub repo fetched
+through huggingface_hub's cache, which honours HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from mergeflow.engine.config import ModelRef
+from mergeflow.engine.errors import PreflightError
+
+# What a merge reads: weights, configs and tokenizer files. Pickles only if no safetensors exist.
+HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
+    local = Path(ref.path).expanduser()
+    if local.exists():
+        if ref.revision:
+            raise PreflightError(f"model {ref}: a local path cannot take a revision")
+        if not local.is_dir():
+            raise PreflightError(f"model {ref}: not a directory")
+        return local.resolve()
+    return _download(ref, cache_dir)
+
+
+def _download(ref: ModelRef, cache_dir: str | None) -> Path:
+    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        patterns = list(HUB_PATTERNS)
+        try:
+            files = list_repo_files(ref.path, revision=ref.revision)
+            if not any(f.endswith(".safetensors") for f in files):
+                patterns.append("*.bin")
+        except (HfHubHTTPError, OSError, LocalEntryNotFoundError):
+            pass  # offline: take whatever the cache holds
+        return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=patterns, cache_dir=cache_dir))
+    except Exception as err:  # huggingface_hub raises many types; the user needs one line
+        raise PreflightError(f"model {ref}: not a local directory and not fetchable from the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def identity(ref: ModelRef, path: Path) -> str:
+    """``repo@commit`` for Hub snapshots (the snapshot folder is the commit), else the absolute path."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return f"{ref.path}@{parts[-1]}"
+    return str(path)
+
+
+def file_sha256(path: Path) -> str:
+    """A Hub LFS blob is named by its sha256, so a cached snapshot file needs no re-hashing."""
+    if path.is_symlink():
+        blob = path.resolve()
+        if blob.parent.name == "blobs" and _SHA256_NAME.match(blob.name):
+            return blob.name
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

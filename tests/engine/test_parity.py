@@ -1,0 +1,117 @@
+"""Parity: every tensor our engine writes is bit-identical to real mergekit 0.1.5's output.
+
+Inputs are tiny Llama-family checkpoints built locally: a base and fine-tune-like children (base
+plus a small delta), so task-vector methods see realistic deltas.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_bit_identical, mergeflow_merge, mergekit_merge
+
+pytestmark = pytest.mark.parity
+
+GTA = "base_model: {base}\nmodels:\n  - model: {m1}\n    parameters: {{weight: 0.6, density: 0.5}}\n  - model: {m2}\n    parameters: {{weight: [0.2, 0.9], density: 0.7}}\n"
+
+METHOD_CONFIGS = {
+    "linear": "models:\n  - model: {m1}\n    parameters: {{weight: 0.3}}\n  - model: {m2}\n    parameters: {{weight: 0.5}}\n  - model: {base}\n    parameters: {{weight: 0.2}}\n",
+    "linear_unnormalized": "merge_method: linear\nmodels:\n  - model: {m1}\n    parameters: {{weight: 0.7}}\n  - model: {m2}\n    parameters: {{weight: 0.4}}\nparameters: {{normalize: false}}\n",
+    "slerp": "base_model: {base}\nslices:\n  - sources:\n      - model: {base}\n        layer_range: [0, 4]\n      - model: {m1}\n        layer_range: [0, 4]\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n",
+    "nuslerp": "models:\n  - model: {m1}\n    parameters: {{weight: 0.7}}\n  - model: {m2}\n    parameters: {{weight: 0.3}}\n",
+    "nuslerp_base": "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - model: {m1}\n    parameters: {{weight: 0.4}}\n  - model: {m2}\n    parameters: {{weight: 0.6}}\nparameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}\n",
+    "multislerp": "base_model: {base}\nmodels:\n  - model: {m1}\n    parameters: {{weight: 0.5}}\n  - model: {m2}\n    parameters: {{weight: 0.3}}\n  - model: {m3}\n    parameters: {{weight: 0.2}}\n",
+    "karcher": "base_model: {base}\nmodels:\n  - model: {m1}\n  - model: {m2}\n  - model: {m3}\nparameters: {{max_iter: 5}}\n",
+    "task_arithmetic": GTA + "parameters: {{lambda: 0.8}}\n",
+    "ties": GTA + "parameters: {{normalize: true}}\n",
+    "dare_ties": GTA + "parameters: {{int8_mask: true}}\n",
+    "dare_linear": GTA,
+    "breadcrumbs": GTA.replace("density: 0.5", "density: 0.8, gamma: 0.05"),
+    "breadcrumbs_ties": GTA.replace("density: 0.7", "density: 0.9, gamma: 0.02"),
+    "della": GTA.replace("density: 0.5", "density: 0.6, epsilon: 0.1"),
+    "della_linear": GTA.replace("density: 0.7", "density: 0.5, epsilon: 0.2"),
+    "sce": "base_model: {base}\nmodels:\n  - model: {m1}\n  - model: {m2}\n  - model: {m3}\nparameters: {{select_topk: 0.5}}\n",
+    "ram": "base_model: {base}\nmodels:\n  - model: {m1}\n  - model: {m2}\n",
+    "ramplus_tl": "base_model: {base}\nmodels:\n  - model: {m1}\n  - model: {m2}\nparameters: {{r: 0.2, alpha: 0.3}}\n",
+    "model_stock": "base_model: {base}\nmodels:\n  - model: {m1}\n  - model: {m2}\n  - model: {m3}\nparameters: {{filter_wise: false}}\n",
+    "nearswap": "base_model: {base}\nmodels:\n  - model: {m1}\nparameters: {{t: 0.0005}}\n",
+    "arcee_fusion": "base_model: {base}\nmodels:\n  - model: {m1}\n",
+    "passthrough": "slices:\n  - sources:\n      - model: {m1}\n        layer_range: [0, 3]\n  - sources:\n      - model: {m2}\n        layer_range: [1, 4]\n        parameters:\n          scale:\n            - filter: o_proj\n              value: [0.5, 1.0]\n            - value: 1.0\n",
+}
+
+
+def render(template: str, model_dir, name: str, **variant) -> str:
+    paths = {m: model_dir(m, **variant) for m in ("base", "m1", "m2", "m3")}
+    method = name.split("_unnormalized")[0].split("_base")[0]
+    text = template.format(**paths)
+    return text if text.startswith("merge_method") else f"merge_method: {method}\n{text}"
+
+
+def check(text: str, tmp_path, **options) -> None:
+    mergekit_merge(text, tmp_path / "mergekit", **options)
+    mergeflow_merge(text, tmp_path / "mergeflow", **options)
+    assert_bit_identical(tmp_path / "mergeflow", tmp_path / "mergekit")
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_method_bf16(name, model_dir, tmp_path):
+    check(render(METHOD_CONFIGS[name], model_dir, name, dtype=torch.bfloat16), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["linear", "slerp", "ties", "dare_ties", "della", "karcher", "multislerp", "sce", "ram", "model_stock", "breadcrumbs"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_method_other_dtypes(name, dtype, model_dir, tmp_path):
+    check(render(METHOD_CONFIGS[name], model_dir, name, dtype=dtype), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["dare_ties", "della_linear", "linear"])
+def test_more_than_ten_layers_visits_tensors_in_lexicographic_order(name, model_dir, tmp_path):
+    check(render(METHOD_CONFIGS[name], model_dir, name, layers=12), tmp_path)
+
+
+def test_dtype_upcast_and_out_dtype(model_dir, tmp_path):
+    text = render(METHOD_CONFIGS["ties"], model_dir, "ties", dtype=torch.bfloat16)
+    check(text + "dtype: float32\nout_dtype: bfloat16\n", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic", "slerp"])
+def test_tied_embeddings(name, model_dir, tmp_path):
+    check(render(METHOD_CONFIGS[name], model_dir, name, tied=True), tmp_path)
+
+
+def test_tied_and_untied_models_mix(model_dir, tmp_path):
+    """A tied model contributes its embedding matrix as the lm_head the others have."""
+    untied = model_dir("m1")
+    tied = model_dir("m2", tied=True)
+    text = f"merge_method: linear\nmodels:\n  - model: {untied}\n    parameters: {{weight: 0.5}}\n  - model: {tied}\n    parameters: {{weight: 0.5}}\n"
+    check(text, tmp_path)
+
+
+def test_sharded_inputs_and_outputs(model_dir, tmp_path):
+    text = render(METHOD_CONFIGS["dare_linear"], model_dir, "dare_linear", shard_size="40KB")
+    check(text, tmp_path, out_shard_size=30_000)
+    assert len(list((tmp_path / "mergeflow").glob("model-*-of-*.safetensors"))) > 1
+
+
+def test_frankenmerge_overlapping_slices_and_gradients(model_dir, tmp_path):
+    m1, m2 = model_dir("m1", layers=12), model_dir("m2", layers=12)
+    text = (
+        "merge_method: passthrough\ndtype: float16\nslices:\n"
+        f"  - sources:\n      - model: {m1}\n        layer_range: [0, 8]\n"
+        f"  - sources:\n      - model: {m2}\n        layer_range: [4, 12]\n"
+        f"  - sources:\n      - model: {m1}\n        layer_range: [10, 12]\n"
+    )
+    check(text, tmp_path)
+
+
+def test_slices_with_per_slice_parameters_and_base(model_dir, tmp_path):
+    base, m1 = model_dir("base"), model_dir("m1")
+    text = (
+        f"merge_method: slerp\nbase_model: {base}\nslices:\n"
+        f"  - sources:\n      - model: {base}\n        layer_range: [0, 2]\n      - model: {m1}\n        layer_range: [0, 2]\n"
+        "    parameters:\n      t: [0.1, 0.9]\n"
+        f"  - sources:\n      - model: {base}\n        layer_range: [2, 4]\n      - model: {m1}\n        layer_range: [2, 4]\n"
+        "parameters:\n  t:\n    - filter: mlp\n      value: 0.25\n    - value: [1, 0]\n"
+    )
+    check(text, tmp_path)
