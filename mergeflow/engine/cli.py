@@ -67,6 +67,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=merge_command)
 
 
+def configure_logging(verbosity: int) -> None:
+    """Warnings and notes go to stderr as single lines; -v adds INFO, -vv DEBUG."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("mergeflow: %(levelname)s: %(message)s"))
+    log.handlers = [handler]
+    log.propagate = False
+    log.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
+
+
 def _device(args) -> str:
     if args.device in (None, "auto"):
         import torch
@@ -78,10 +87,7 @@ def _device(args) -> str:
 
 
 def merge_command(args) -> int:
-    logging.basicConfig(
-        format="mergeflow: %(levelname)s: %(message)s",
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-    )
+    configure_logging(args.verbose)
     if args.gpu_rich:
         args.low_cpu_memory = args.read_to_gpu = args.multi_gpu = True
     for option, note in NO_EFFECT.items():

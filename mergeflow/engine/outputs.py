@@ -27,7 +27,12 @@ _DTYPE_NAMES = {dtype: name for name, dtype in {
 }.items()}
 
 
-def write_model_config(out: Path, donor_config: dict, config: MergeConfig, output_layers: int | None) -> None:
+def write_model_config(out: Path, donor_config: dict, config: MergeConfig, layer_sources: list[int] | None) -> None:
+    """The donor's config with the dtype set and, for slices, the layer count of the output.
+
+    Per-layer lists (``layer_types``) are rebuilt from each output layer's source layer, since
+    transformers rejects a config whose list length differs from the layer count.
+    """
     merged = dict(donor_config)
     dtype = config.out_dtype or config.dtype
     if dtype is not None:
@@ -35,8 +40,11 @@ def write_model_config(out: Path, donor_config: dict, config: MergeConfig, outpu
         if "torch_dtype" in merged:
             merged["torch_dtype"] = _DTYPE_NAMES[dtype]
     key = layer_count_key(merged)
-    if output_layers is not None and key is not None:
-        merged[key] = output_layers
+    if layer_sources is not None and key is not None:
+        per_layer = merged.get("layer_types")
+        if isinstance(per_layer, list) and len(per_layer) == merged[key] and max(layer_sources) < len(per_layer):
+            merged["layer_types"] = [per_layer[i] for i in layer_sources]
+        merged[key] = len(layer_sources)
     (out / "config.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 

@@ -54,7 +54,7 @@ class TensorTask:
 class MergePlan:
     tasks: list[TensorTask]  # in execution (and save) order
     donor: ModelRef
-    output_layers: int | None  # layer count to write into config.json (slices syntax only)
+    layer_sources: list[int] | None  # per output layer, its first source's layer (slices syntax only)
 
     @property
     def slots(self) -> list[TensorSlot]:
@@ -88,6 +88,7 @@ def build_plan(
     for name in arch.pre_weights:
         planner.add(name, [(src, name) for src in first.sources], first, base_of[id(first)], 0.0)
     layer = 0
+    layer_sources = []
     for sl in slices:
         start, end = sl.sources[0].layer_range
         for k in range(end - start):
@@ -95,6 +96,7 @@ def build_plan(
             for suffix in arch.layer_suffixes:
                 inputs = [(src, arch.layer_tensor(src.layer_range[0] + k, suffix)) for src in sl.sources]
                 planner.add(arch.layer_tensor(layer, suffix), inputs, sl, base_of[id(sl)], t)
+            layer_sources.append(start + k)
             layer += 1
     # mergekit sizes the post-weight inputs by the first slice and zips them with the last slice.
     post_sources = last.sources[: len(first.sources)]
@@ -104,7 +106,7 @@ def build_plan(
     return MergePlan(
         tasks=[task for _, task in ordered],
         donor=_donor(config),
-        output_layers=layer if config.slices else None,
+        layer_sources=layer_sources if config.slices else None,
     )
 
 

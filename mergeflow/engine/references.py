@@ -26,6 +26,8 @@ def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
         if not local.is_dir():
             raise PreflightError(f"model {ref}: not a directory")
         return local.resolve()
+    if ref.path.startswith(("/", "./", "../", "~")) or ref.path.count("/") > 1:
+        raise PreflightError(f"model {ref}: local path does not exist")
     return _download(ref, cache_dir)
 
 

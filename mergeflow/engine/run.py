@@ -57,7 +57,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
         donor = checkpoints[plan.donor]
-        write_model_config(staging, donor.config, config, plan.output_layers)
+        write_model_config(staging, donor.config, config, plan.layer_sources)
         if options.copy_tokenizer:
             copy_tokenizer(donor.path, staging)
         if options.write_model_card:
