@@ -34,7 +34,7 @@ class Checkpoint:
         self.label = label
         self.config = self._read_config()
         self.files = self._weight_files()
-        self._handles: dict[Path, object] = {}
+        self._pickles: dict[Path, dict[str, torch.Tensor]] = {}
         self.headers: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._file_of: dict[str, Path] = {}
         for file in self.files:
@@ -71,30 +71,26 @@ class Checkpoint:
     def _read_headers(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         if file.suffix == ".safetensors":
             try:
-                handle = self._handle(file)
-                return {
-                    name: (SAFETENSORS_DTYPES[handle.get_slice(name).get_dtype()], tuple(handle.get_slice(name).get_shape()))
-                    for name in handle.keys()
-                }
+                with safe_open(str(file), framework="pt") as handle:
+                    slices = {name: handle.get_slice(name) for name in handle.keys()}
+                    return {name: (SAFETENSORS_DTYPES[s.get_dtype()], tuple(s.get_shape())) for name, s in slices.items()}
             except Exception as err:  # safetensors raises several types for corrupt files
                 raise PreflightError(f"{file}: unreadable safetensors file ({err})") from None
         return {name: (t.dtype, tuple(t.shape)) for name, t in self._pickle(file).items()}
 
-    def _handle(self, file: Path):
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="pt")
-        return self._handles[file]
-
     def _pickle(self, file: Path) -> dict[str, torch.Tensor]:
         """``.bin`` checkpoints: memory-mapped, and never unpickling code (weights_only)."""
-        if file not in self._handles:
-            self._handles[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        return self._handles[file]
+        if file not in self._pickles:
+            self._pickles[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        return self._pickles[file]
 
     def load(self, name: str) -> torch.Tensor:
         file = self._file_of[name]
         if file.suffix == ".safetensors":
-            return self._handle(file).get_tensor(name)
+            # A short-lived handle: the file's mapped pages are released with it, so resident
+            # memory stays at the tensors in use instead of growing with every shard read.
+            with safe_open(str(file), framework="pt") as handle:
+                return handle.get_tensor(name)
         return self._pickle(file)[name].clone()
 
     @property

@@ -62,7 +62,7 @@ def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec,
         try:
             result = method.merge(merge_inputs)
         except ValueError as err:
-            raise MergeflowError(f"tensor {task.output_name}: {err}") from None
+            raise MergeflowError(str(err)) from None  # methods name the tensor
     expected = method.result_dtype(task.merge_dtype)
     if result.dtype != expected:
         raise RuntimeError(f"tensor {task.output_name}: '{method.name}' returned {result.dtype}, declared {expected}")

@@ -105,3 +105,20 @@ def test_parameters_shown_verbatim_in_card(model_dir, tmp_path):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "transformers" and "merge" in front["tags"]
     assert text.strip() in card
+
+
+def test_pickle_checkpoints_load_without_unpickling_code(model_dir, tmp_path):
+    """A `.bin`-only model merges like its safetensors twin (weights_only, memory-mapped)."""
+    import shutil
+
+    import torch
+
+    source = model_dir("m1")
+    pickled = tmp_path / "m1-bin"
+    shutil.copytree(source, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(load_dir(source), pickled / "pytorch_model.bin")
+    template = "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5}}\n"
+    a = mergeflow_merge(template.format(source, model_dir("m2")), tmp_path / "a")
+    b = mergeflow_merge(template.format(pickled, model_dir("m2")), tmp_path / "b")
+    assert a["tensors"] == b["tensors"]
