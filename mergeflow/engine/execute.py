@@ -5,6 +5,8 @@ I/O stays here and in ``checkpoint``/``writer``; the math is the method's pure f
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import torch
 from tqdm import tqdm
 
@@ -25,13 +27,32 @@ def execute(
     device: str = "cpu",
     progress: bool = True,
 ) -> None:
-    """Run every task in plan order; the seed is set once, as mergekit does, before the first draw."""
+    """Run every task in plan order; the seed is set once, as mergekit does, before the first draw.
+
+    Reading the next task's inputs and writing the previous result run on two helper threads, so
+    I/O and hashing overlap the math; at most one task is read ahead and one write is in flight,
+    which keeps memory bounded. Only the math thread draws random numbers, in plan order.
+    """
     torch.manual_seed(seed)
     math_device = torch.device(device if method.uses_accelerator else "cpu")
-    for task in tqdm(plan.tasks, desc="merging", unit="tensor", disable=not progress):
-        inputs = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
-        result = _merge_one(task, inputs, method, math_device)
-        writer.write(task.output_name, result.to("cpu").to(task.out_dtype).contiguous())
+    tasks = plan.tasks
+
+    def read(task: TensorTask) -> list[torch.Tensor]:
+        return [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
+
+    with ThreadPoolExecutor(1, "mergeflow-read") as reader, ThreadPoolExecutor(1, "mergeflow-write") as saver:
+        upcoming = reader.submit(read, tasks[0]) if tasks else None
+        in_flight: Future | None = None
+        for index, task in enumerate(tqdm(tasks, desc="merging", unit="tensor", disable=not progress)):
+            inputs = upcoming.result()
+            if index + 1 < len(tasks):
+                upcoming = reader.submit(read, tasks[index + 1])
+            result = _merge_one(task, inputs, method, math_device).to("cpu").to(task.out_dtype).contiguous()
+            if in_flight is not None:
+                in_flight.result()
+            in_flight = saver.submit(writer.write, task.output_name, result)
+        if in_flight is not None:
+            in_flight.result()
     writer.finish()
 
 

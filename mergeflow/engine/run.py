@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +54,8 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     if options.random_seed is None:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
 
-    with atomic_directory(out) as staging:
+    with ThreadPoolExecutor(1, "mergeflow-hash") as hasher, atomic_directory(out) as staging:
+        inputs = hasher.submit(_input_records, paths, checkpoints)  # hashes while the merge runs
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
         donor = checkpoints[plan.donor]
@@ -63,28 +65,26 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         if options.write_model_card:
             write_model_card(staging, Path(out).name, config, method, plan.donor)
             (staging / "mergekit_config.yml").write_text(config.text)
-        record = _provenance(config, seed, options, paths, checkpoints, writer.tensor_sha256)
+        record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
         write_provenance(staging, record)
     return record
 
 
-def _provenance(
-    config: MergeConfig,
-    seed: int,
-    options: MergeOptions,
-    paths: dict[ModelRef, Path],
-    checkpoints: dict[ModelRef, Checkpoint],
-    tensor_sha256: dict[str, str],
-) -> dict:
-    inputs = []
+def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint]) -> list[dict]:
+    """Each input's identity and the sha256 of every file the merge reads from it."""
+    records = []
     for ref, path in paths.items():
         read = [*checkpoints[ref].files, path / "config.json"]
         read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") if (path / n).is_file()]
-        inputs.append({
+        records.append({
             "reference": str(ref),
             "identity": identity(ref, path),
             "files": {f.name: file_sha256(f) for f in read},
         })
+    return records
+
+
+def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: list[dict], tensor_sha256: dict[str, str]) -> dict:
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.text,
