@@ -71,12 +71,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--methods", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both tools do the math")
     args = parser.parse_args()
-    bin_dir = Path(sys.executable).parent
+    # Both tools run as modules of this interpreter, so no console scripts need to be installed.
+    mergekit_cli = [sys.executable, "-c", "import sys; from mergekit.scripts.run_yaml import main; sys.argv[0] = 'mergekit-yaml'; main()"]
+    mergeflow_cli = [sys.executable, "-m", "mergeflow.cli", "merge"]
     with tempfile.TemporaryDirectory(prefix="mergeflow-bench-") as tmp:
         root = Path(tmp)
         size = sum(build_model(root / n, s, args.hidden, args.layers, args.vocab) for s, n in enumerate(("base", "m1", "m2"))) / 3
-        print(f"inputs: 3 x {size / 1e6:.0f} MB bf16 ({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}), {torch.get_num_threads()} threads\n")
+        print(f"inputs: 3 x {size / 1e6:.0f} MB bf16 ({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}), {torch.get_num_threads()} threads, math on {args.device}\n")
         print("| method | mergekit 0.1.5 | mergeflow | speed-up | peak RSS mergekit | peak RSS mergeflow | bit-identical |")
         print("|---|---|---|---|---|---|---|")
         for method in args.methods:
@@ -85,8 +88,8 @@ def main() -> None:
             # Each measurement runs in its own process so that ru_maxrss is that tool's alone.
             results = {}
             for tool, cmd in {
-                "mergekit": [str(bin_dir / "mergekit-yaml"), str(config), str(root / "out-mergekit"), "--random-seed", "1", "--no-write-model-card", "--quiet"],
-                "mergeflow": [str(bin_dir / "mergeflow"), "merge", str(config), str(root / "out-mergeflow"), "--random-seed", "1", "--quiet"],
+                "mergekit": [*mergekit_cli, str(config), str(root / "out-mergekit"), "--random-seed", "1", "--no-write-model-card", "--quiet", "--device", args.device],
+                "mergeflow": [*mergeflow_cli, str(config), str(root / "out-mergeflow"), "--random-seed", "1", "--quiet", "--device", args.device],
             }.items():
                 probe = [sys.executable, "-c", "import resource,subprocess,sys,time;t=time.perf_counter();subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL);print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024)", *cmd]
                 wall, peak = map(float, subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split())

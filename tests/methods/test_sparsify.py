@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from mergeflow.methods import sparsify
+
+
+def test_magnitude_keeps_the_top_k_by_absolute_value():
+    delta = torch.tensor([1.0, -5.0, 3.0, -2.0])
+    out = sparsify.magnitude(delta, 0.5, rescale=False)
+    assert torch.equal(out, torch.tensor([0.0, -5.0, 3.0, 0.0]))
+
+
+def test_magnitude_keeps_at_least_one_and_none_at_zero_density():
+    delta = torch.tensor([1.0, -5.0, 3.0, -2.0])
+    assert torch.equal(sparsify.magnitude(delta, 0.1, False), torch.tensor([0.0, -5.0, 0.0, 0.0]))
+    assert torch.equal(sparsify.magnitude(delta, 0.0, False), torch.zeros(4))
+    assert sparsify.magnitude(delta, 1.0, False) is delta
+
+
+def test_magnitude_rescale_preserves_the_l1_norm():
+    delta = torch.tensor([1.0, -5.0, 3.0, -2.0])  # L1 11, kept L1 8
+    out = sparsify.magnitude(delta, 0.5, rescale=True)
+    assert torch.allclose(out, torch.tensor([0.0, -5.0, 3.0, 0.0]) * (11 / 8))
+
+
+def test_magnitude_outliers_drops_the_top_gamma_and_the_bottom():
+    delta = torch.arange(1.0, 11.0) * torch.tensor([1.0, -1.0] * 5)  # |x| = 1..10
+    out = sparsify.magnitude_outliers(delta, density=0.5, gamma=0.2, rescale=False)
+    kept = out != 0
+    # keep 5 entries, after dropping the 2 largest (10, 9) and the 3 smallest (1, 2, 3)
+    assert kept.tolist() == [False, False, False, True, True, True, True, True, False, False]
+    assert torch.equal(out[kept], delta[kept])
+
+
+def test_magnitude_outliers_with_small_gamma_on_a_small_tensor_keeps_the_top():
+    # int(0.01 * 10) == 0 drops nothing at the top, mergekit 0.1.5 (HEAD zeroed everything)
+    delta = torch.arange(1.0, 11.0)
+    out = sparsify.magnitude_outliers(delta, density=0.3, gamma=0.01, rescale=False)
+    assert torch.equal(out, torch.tensor([0.0] * 7 + [8.0, 9.0, 10.0]))
+
+
+def test_bernoulli_at_full_density_is_the_identity_and_draws_nothing():
+    delta = torch.randn(10)
+    state = torch.get_rng_state()
+    assert sparsify.bernoulli(delta, 1.0, rescale=True) is delta
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_bernoulli_is_reproducible_from_the_global_seed_and_l1_rescaled():
+    delta = torch.randn(1000)
+    torch.manual_seed(7)
+    first = sparsify.bernoulli(delta, 0.3, rescale=True)
+    torch.manual_seed(7)
+    second = sparsify.bernoulli(delta, 0.3, rescale=True)
+    assert torch.equal(first, second)
+    kept = first != 0
+    assert 200 < kept.sum() < 400
+    factor = delta.abs().sum() / delta[kept].abs().sum()
+    assert torch.allclose(first[kept], delta[kept] * factor)
+    assert torch.allclose(first.abs().sum(), delta.abs().sum())
+    # the same seed without rescaling keeps the same entries, unscaled
+    torch.manual_seed(7)
+    plain = sparsify.bernoulli(delta, 0.3, rescale=False)
+    assert torch.equal(plain, delta * kept)
+
+
+def test_bernoulli_mask_is_drawn_like_mergekit():
+    delta = torch.randn(64, dtype=torch.float16)
+    torch.manual_seed(3)
+    mask = torch.bernoulli(torch.full_like(delta, 0.6, dtype=torch.float32))
+    torch.manual_seed(3)
+    out = sparsify.bernoulli(delta, 0.6, rescale=False)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, (delta.float() * mask).half())
+
+
+def test_della_probabilities_rise_linearly_with_magnitude_rank(monkeypatch):
+    seen = []
+
+    def keep_all(probs):
+        seen.append(probs)
+        return torch.ones_like(probs)
+
+    monkeypatch.setattr(torch, "bernoulli", keep_all)
+    delta = torch.tensor([[3.0, -1.0, 5.0, 2.0, -4.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    out = sparsify.della_magprune(delta, density=0.5, epsilon=0.1, rescale=False)
+    assert torch.equal(out, delta)
+    expected = torch.tensor([[0.5, 0.4, 0.6, 0.45, 0.55], [0.4, 0.45, 0.5, 0.55, 0.6]])
+    assert torch.allclose(seen[0], expected)
+
+
+def test_della_vector_is_one_row(monkeypatch):
+    monkeypatch.setattr(torch, "bernoulli", lambda p: (p > 0.5).to(p.dtype))
+    delta = torch.tensor([1.0, 2.0, 3.0])  # probabilities 0.4, 0.5, 0.6
+    out = sparsify.della_magprune(delta, density=0.5, epsilon=0.1, rescale=True)
+    assert torch.allclose(out, torch.tensor([0.0, 0.0, 6.0]))  # L1 6 moved onto the survivor
+
+
+def test_della_edges():
+    delta = torch.randn(3, 4)
+    assert sparsify.della_magprune(delta, 1.0, 0.15, True) is delta
+    assert torch.equal(sparsify.della_magprune(delta, 0.0, 0.15, True), torch.zeros(3, 4))
+    for density in (0.85, 0.15):  # density +/- epsilon touches 1 or 0
+        with pytest.raises(ValueError, match="epsilon"):
+            sparsify.della_magprune(delta, density, 0.15, True)

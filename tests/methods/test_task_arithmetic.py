@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+BASE = torch.tensor([10.0, 20.0, 30.0, 40.0])
+# hand-made task vectors for a three-model sign election
+D1 = torch.tensor([1.0, -2.0, 3.0, 0.0])
+D2 = torch.tensor([-1.0, -1.0, 2.0, 1.0])
+D3 = torch.tensor([2.0, 1.0, -4.0, 0.0])
+
+
+def gta(merge, method, deltas, weights, params=None, **per_model):
+    tensors = [BASE + d for d in deltas] + [BASE]
+    model_params = [
+        {"weight": w, **{k: v[i] for k, v in per_model.items()}} for i, w in enumerate(weights)
+    ]
+    return merge(
+        method, tensors, base_index=len(deltas), params=params, model_params=model_params + [{}]
+    )
+
+
+def test_task_arithmetic_adds_weighted_task_vectors(merge):
+    out = gta(merge, "task_arithmetic", [D1, D2], [1.0, 0.5])
+    assert torch.equal(out, BASE + D1 + 0.5 * D2)
+
+
+def test_task_arithmetic_normalise_and_lambda(merge):
+    out = gta(merge, "task_arithmetic", [D1, D2], [1.0, 3.0], {"normalize": True, "lambda": 2.0})
+    assert torch.equal(out, BASE + 2 * (D1 + 3 * D2) / 4)
+
+
+def test_ties_sign_election_by_hand(merge):
+    # sums [2, -2, 1, 1] elect signs [+, -, +, +]; the agreeing entries are averaged, and an exact
+    # zero (D1[3], D3[3]) never agrees
+    out = gta(merge, "ties", [D1, D2, D3], [1.0, 1.0, 1.0])
+    assert torch.equal(out, BASE + torch.tensor([1.5, -1.5, 2.5, 1.0]))
+
+
+def test_ties_election_uses_weighted_deltas_and_ties_go_positive(merge):
+    a, b = torch.tensor([2.0, 1.0]), torch.tensor([-1.0, -1.0])
+    base = torch.zeros(2)
+    out = merge(
+        "ties",
+        [a, b, base],
+        base_index=2,
+        params={"normalize": False},
+        model_params=[{"weight": 0.5}, {"weight": 1.0}, {}],
+    )
+    # weighted: [1, 0.5] and [-1, -1]; sums [0, -0.5] elect [+, -]
+    assert torch.equal(out, torch.tensor([1.0, -1.0]))
+
+
+def test_ties_trims_each_task_vector_by_magnitude(merge):
+    out = gta(merge, "ties", [D1, D3], [1.0, 1.0], density=[0.5, 0.25])
+    # D1 keeps 3, -2; D3 keeps -4. Election: [0, -2, -1, 0] -> [+, -, -, +]
+    assert torch.equal(out, BASE + torch.tensor([0.0, -2.0, -4.0, 0.0]))
+
+
+def test_breadcrumbs_drops_top_and_bottom(merge):
+    delta = torch.arange(1.0, 11.0)
+    base = torch.zeros(10)
+    out = merge(
+        "breadcrumbs",
+        [delta, base],
+        base_index=1,
+        model_params=[{"weight": 1.0, "density": 0.5, "gamma": 0.2}, {}],
+    )
+    assert torch.equal(out, torch.tensor([0.0, 0, 0, 4, 5, 6, 7, 8, 0, 0]))
+
+
+def test_dare_at_full_density_is_task_arithmetic(merge):
+    for method in ("dare_linear", "della_linear"):
+        out = gta(merge, method, [D1, D2], [1.0, 0.5])
+        assert torch.equal(out, gta(merge, "task_arithmetic", [D1, D2], [1.0, 0.5]))
+
+
+def test_dare_is_seeded_and_draws_once_per_model_in_order(merge):
+    deltas = [torch.randn(200) for _ in range(2)]
+    base = torch.zeros(200)
+    model_params = [{"weight": 1.0, "density": 0.4}, {"weight": 1.0, "density": 0.7}, {}]
+    torch.manual_seed(11)
+    out = merge("dare_linear", [*deltas, base], base_index=2, model_params=model_params)
+    torch.manual_seed(11)
+    masks = [torch.bernoulli(torch.full_like(d, p)) for d, p in zip(deltas, (0.4, 0.7))]
+    expected = sum(d * m * (d.abs().sum() / (d * m).abs().sum()) for d, m in zip(deltas, masks))
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_della_range_error_names_the_tensor(merge):
+    with pytest.raises(ValueError, match=r"^model\.layers\.0\.mlp\.up_proj\.weight: .*epsilon"):
+        gta(merge, "della", [D1], [1.0], density=[0.9])
+
+
+def test_no_task_vectors_returns_the_base(merge):
+    assert merge("ties", [BASE], base_index=0) is BASE
+
+
+def test_bfloat16_weights_are_rounded_to_bfloat16(merge):
+    base = torch.zeros(1, dtype=torch.bfloat16)
+    one = torch.ones(1, dtype=torch.bfloat16)
+    out = merge("task_arithmetic", [one, base], base_index=1, model_params=[{"weight": 0.3}, {}])
+    assert out.item() == 0.30078125
