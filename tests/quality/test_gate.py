@@ -1,0 +1,153 @@
+import json
+
+import pytest
+
+from mergeflow.cli import main
+from mergeflow.quality.gate import parse_gate, verdict
+
+
+def test_max_drop_compares_with_the_best_parent():
+    gate = parse_gate({"metric": "demo/exact_match", "max_drop": 0.05})
+    ok = verdict(gate, "s", 0.66, {"add": 0.70, "rev": 0.60})
+    assert ok["passed"] and ok["reference"] == 0.70 and ok["reference_step"] == "add"
+    assert ok["threshold"] == pytest.approx(0.65)
+    # Better than the weaker parent is not enough.
+    bad = verdict(gate, "s", 0.64, {"add": 0.70, "rev": 0.60})
+    assert not bad["passed"] and "failed the gate" in bad["reason"]
+
+
+def test_exactly_at_the_threshold_passes():
+    gate = parse_gate({"metric": "demo/exact_match", "max_drop": 0.05})
+    assert verdict(gate, "s", 0.65, {"p": 0.70})["passed"]
+
+
+def test_max_drop_on_a_lower_is_better_metric():
+    gate = parse_gate({"metric": "demo_nll/nll", "max_drop": 0.1})
+    # The best parent is the one with the *lowest* loss; a drop is a rise.
+    ok = verdict(gate, "s", 0.55, {"a": 0.45, "b": 1.5})
+    assert ok["passed"] and ok["reference"] == 0.45 and ok["threshold"] == pytest.approx(0.55)
+    assert not verdict(gate, "s", 0.56, {"a": 0.45, "b": 1.5})["passed"]
+    assert verdict(gate, "s", 0.30, {"a": 0.45})["passed"]  # lower loss than parents
+
+
+def test_absolute_floor_and_ceiling():
+    floor = parse_gate({"metric": "demo/exact_match", "min": 0.6})
+    assert verdict(floor, "s", 0.6, {})["passed"]
+    assert not verdict(floor, "s", 0.59, {"p": 0.1})["passed"]
+    ceiling = parse_gate({"metric": "demo_nll/nll", "max": 1.0})
+    assert verdict(ceiling, "s", 0.9, {})["passed"]
+    result = verdict(ceiling, "s", 1.1, {})
+    assert not result["passed"] and result["threshold"] == 1.0 and result["reference"] is None
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"metric": "demo_nll/nll", "min": 1.0}, "'max', not 'min'"),
+        ({"metric": "demo/exact_match", "max": 0.5}, "'min', not 'max'"),
+        ({"metric": "demo/exact_match"}, "exactly one"),
+        ({"metric": "demo/exact_match", "max_drop": 0.1, "min": 0.5}, "exactly one"),
+        ({"metric": "exact_match", "max_drop": 0.1}, "TASK/METRIC"),
+        ({"metric": "demo/exact_match", "max_drop": 0.1, "stopp": True}, "unknown keys"),
+    ],
+)
+def test_gate_config_errors(block, message):
+    with pytest.raises(ValueError, match=message):
+        parse_gate(block)
+
+
+def test_stop_only_when_configured_failing_and_not_a_variant():
+    stopping = parse_gate({"metric": "demo/exact_match", "min": 0.5, "stop": True})
+    assert verdict(stopping, "s", 0.4, {})["stop"] is True
+    assert "do not run" in verdict(stopping, "s", 0.4, {})["reason"]
+    assert verdict(stopping, "s", 0.6, {})["stop"] is False
+    assert verdict(stopping, "s--v", 0.4, {}, may_stop=False)["stop"] is False
+    lenient = parse_gate({"metric": "demo/exact_match", "min": 0.5})
+    assert verdict(lenient, "s", 0.4, {})["stop"] is False
+
+
+def run_gate(step):
+    assert (
+        main(
+            [
+                "gate",
+                "--manifest",
+                "manifest.json",
+                "--step",
+                step,
+                "--output",
+                f"out/{step}/gate.json",
+            ]
+        )
+        == 0
+    )
+    return json.loads(open(f"out/{step}/gate.json").read())
+
+
+def test_cli_reads_parents_through_the_manifest(recipe):
+    recipe()
+    # step1 is its selected variant (w75: 0.785); best parent add 0.70 → threshold 0.65
+    main(
+        [
+            "select",
+            "--manifest",
+            "manifest.json",
+            "--step",
+            "step1",
+            "--output",
+            "out/step1/selected.json",
+        ]
+    )
+    result = run_gate("step1")
+    assert set(result) >= {
+        "step",
+        "passed",
+        "metric",
+        "value",
+        "reference",
+        "threshold",
+        "reason",
+        "stop",
+    }
+    assert result["passed"] and result["value"] == pytest.approx(0.785)
+    assert result["reference"] == pytest.approx(0.70) and result["stop"] is False
+
+
+def test_cli_failing_step_exits_zero_and_says_stop(recipe, capsys):
+    recipe({"metric": "demo/exact_match", "max_drop": 0.01, "stop": True})
+    main(
+        [
+            "select",
+            "--manifest",
+            "manifest.json",
+            "--step",
+            "step1",
+            "--output",
+            "out/step1/selected.json",
+        ]
+    )
+    # step2 0.77 against its best parent step1 (0.785) minus 0.01
+    result = run_gate("step2")
+    assert not result["passed"] and result["stop"] is True
+    assert result["threshold"] == pytest.approx(0.775)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("step2 failed the gate")
+
+
+def test_cli_variant_fails_without_stopping(recipe):
+    recipe({"metric": "demo/exact_match", "min": 0.7, "stop": True})
+    result = run_gate("step1--w50")
+    assert not result["passed"] and result["stop"] is False
+
+
+def test_cli_without_gate_passes(recipe):
+    recipe({})
+    assert run_gate("step2")["passed"] is True
+
+
+def test_cli_unknown_metric_is_an_error(recipe, capsys):
+    recipe({"metric": "demo/acc", "max_drop": 0.1})
+    code = main(
+        ["gate", "--manifest", "manifest.json", "--step", "step2", "--output", "out/g.json"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "demo/exact_match" in err

@@ -1,0 +1,105 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mergeflow.quality.metrics import (
+    COLUMNS,
+    higher_is_better,
+    lookup,
+    metric_name,
+    metrics_table,
+    tidy_rows,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load(name):
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_real_lm_eval_output_becomes_tidy_rows():
+    """The shape of a real `mergeflow evaluate` run of the demo's add model (limit 20)."""
+    raw = load("real_lm_eval_add.json")
+    rows = {(r["task"], r["metric"]): r for r in tidy_rows(raw, "add")}
+    assert set(rows) == {
+        ("demo", "exact_match"),
+        ("demo_add", "exact_match"),
+        ("demo_rev", "exact_match"),
+        ("demo_copy", "exact_match"),
+        ("demo_nll", "nll"),
+        ("demo_add_nll", "nll"),
+        ("demo_rev_nll", "nll"),
+        ("demo_copy_nll", "nll"),
+    }
+    add = rows[("demo_add", "exact_match")]
+    assert add["value"] == raw["results"]["demo_add"]["exact_match,none"]
+    assert add["stderr"] == raw["results"]["demo_add"]["exact_match_stderr,none"]
+    assert add["n"] == raw["n-samples"]["demo_add"]["effective"] == 20
+    assert rows[("demo", "exact_match")]["n"] == 60  # the group's sample_count
+    assert {r["model"] for r in rows.values()} == {raw["config"]["model_args"]["pretrained"]}
+    # Groups come first: their aggregate is the headline.
+    assert [r["task"] for r in tidy_rows(raw, "add")][:2] == ["demo", "demo_nll"]
+
+
+def test_na_stderr_becomes_nan_and_n_is_effective():
+    raw = load("eval/base.json")
+    rows = {(r["task"], r["metric"]): r for r in tidy_rows(raw, "base")}
+    ppl = rows[("text_ppl", "word_perplexity")]
+    assert math.isnan(ppl["stderr"]) and ppl["n"] == 20  # effective, not the original 62
+    assert set(rows) >= {("text_ppl", "bits_per_byte")}
+
+
+def test_filters_other_than_none_are_kept_in_the_name():
+    assert metric_name("exact_match,none") == "exact_match"
+    assert metric_name("exact_match,strict-match") == "exact_match,strict-match"
+    raw = {
+        "results": {
+            "gsm": {
+                "alias": "gsm",
+                "exact_match,strict-match": 0.5,
+                "exact_match_stderr,strict-match": 0.1,
+                "exact_match,flexible-extract": 0.6,
+                "exact_match_stderr,flexible-extract": 0.1,
+            }
+        },
+        "n-samples": {"gsm": {"original": 10, "effective": 10}},
+        "config": {"model_args": "pretrained=some/dir,dtype=float32"},
+    }
+    rows = tidy_rows(raw, "s")
+    assert [r["metric"] for r in rows] == [
+        "exact_match,strict-match",
+        "exact_match,flexible-extract",
+    ]
+    assert rows[0]["model"] == "some/dir"
+
+
+@pytest.mark.parametrize(
+    "metric, higher",
+    [
+        ("exact_match", True),
+        ("acc_norm", True),
+        ("nll", False),
+        ("word_perplexity", False),
+        ("bits_per_byte", False),
+        ("perplexity", False),
+        ("loss", False),
+    ],
+)
+def test_direction(metric, higher):
+    assert higher_is_better(metric) is higher
+
+
+def test_table_and_lookup():
+    table = metrics_table([(n, load(f"eval/{n}.json")) for n in ("add", "rev")])
+    assert list(table.columns) == COLUMNS
+    value, stderr = lookup(table, "rev", "demo/exact_match")
+    assert value == pytest.approx(0.60) and stderr > 0
+    with pytest.raises(KeyError, match="it has: demo/exact_match"):
+        lookup(table, "rev", "demo/acc")
+    with pytest.raises(KeyError, match="no results"):
+        lookup(table, "step9", "demo/exact_match")
+    with pytest.raises(ValueError, match="TASK/METRIC"):
+        lookup(table, "rev", "exact_match")

@@ -1,0 +1,218 @@
+import base64
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mergeflow.cli import main
+from mergeflow.quality.metrics import COLUMNS
+from mergeflow.quality.report import compare, load_manifest, manifest_table, parse_manifest
+
+EVALUATED = [
+    "base",
+    "add",
+    "rev",
+    "copy",
+    "step1--w50",
+    "step1--w75",
+    "step1--w90",
+    "step1",
+    "step2",
+]
+TASK_METRICS = {
+    ("demo", "exact_match"),
+    ("demo_add", "exact_match"),
+    ("demo_rev", "exact_match"),
+    ("demo_add_nll", "nll"),
+    ("text_ppl", "word_perplexity"),
+    ("text_ppl", "bits_per_byte"),
+}
+
+
+class Attributes(HTMLParser):
+    """Every tag and (name, value) attribute of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend((tag, name, value or "") for name, value in attrs)
+
+
+def run_workflow_commands(gate=None, select=True):
+    if select:
+        main(
+            [
+                "select",
+                "--manifest",
+                "manifest.json",
+                "--step",
+                "step1",
+                "--output",
+                "out/step1/selected.json",
+            ]
+        )
+    for step in ("step1--w50", "step1--w75", "step1--w90", "step1", "step2"):
+        main(
+            [
+                "gate",
+                "--manifest",
+                "manifest.json",
+                "--step",
+                step,
+                "--output",
+                f"out/{step}/gate.json",
+            ]
+        )
+    assert main(["report", "--manifest", "manifest.json", "--out-dir", "report"]) == 0
+    return Path("report/index.html").read_text()
+
+
+def test_metrics_csv_is_tidy_and_covers_every_evaluated_node(recipe):
+    recipe()
+    run_workflow_commands()
+    table = pd.read_csv("report/metrics.csv")
+    assert list(table.columns) == COLUMNS
+    assert list(dict.fromkeys(table.step)) == EVALUATED  # manifest order; step3 never ran
+    for step in EVALUATED:
+        rows = table[table.step == step]
+        assert set(zip(rows.task, rows.metric)) == TASK_METRICS
+    # A step with variants carries the numbers of the variant it selected.
+    step1 = table[table.step == "step1"].drop(columns="step").reset_index(drop=True)
+    w75 = table[table.step == "step1--w75"].drop(columns="step").reset_index(drop=True)
+    pd.testing.assert_frame_equal(step1, w75)
+    assert set(table[table.step == "add"].model) == {"workflow/demo/models/add"}
+    ppl = table[table.metric == "word_perplexity"]
+    assert ppl.stderr.isna().all() and (ppl.n == 20).all()
+    demo = table[(table.task == "demo") & (table.step == "add")].iloc[0]
+    assert demo.value == pytest.approx(0.70) and demo.n == 400
+
+
+def test_deltas_and_significance(recipe):
+    path = recipe()
+    main(
+        [
+            "select",
+            "--manifest",
+            "manifest.json",
+            "--step",
+            "step1",
+            "--output",
+            "out/step1/selected.json",
+        ]
+    )
+    manifest = load_manifest(path)
+    deltas = compare(manifest_table(manifest), manifest)
+
+    def row(step, parent, task, metric="exact_match"):
+        hit = deltas[
+            (deltas.step == step)
+            & (deltas.parent == parent)
+            & (deltas.task == task)
+            & (deltas.metric == metric)
+        ]
+        assert len(hit) == 1
+        return hit.iloc[0]
+
+    worse = row("step1--w75", "add", "demo_add")  # 0.60 vs 0.80, noise ≈ 0.045
+    assert worse.delta == pytest.approx(-0.20) and worse.significant and worse.status == "worse"
+    assert worse.noise == pytest.approx(math.sqrt(worse.stderr**2 + worse.parent_stderr**2))
+    better = row("step1--w75", "rev", "demo_add")
+    assert better.delta == pytest.approx(0.40) and better.status == "better"
+    noise = row("step2", "step1", "demo_add")  # 0.58 vs 0.60: inside ±0.049
+    assert (
+        noise.delta == pytest.approx(-0.02)
+        and not noise.significant
+        and noise.status == "within noise"
+    )
+    # Lower is better: nll 0.45 → 0.50 is a significant regression (noise 0.028).
+    loss = row("step2", "step1", "demo_add_nll", "nll")
+    assert loss.delta == pytest.approx(0.05) and loss.status == "worse"
+    assert row("step2", "copy", "demo_add_nll", "nll").status == "better"
+    # No stderr on either side: never significant, however large the delta.
+    ppl = row("step2", "copy", "text_ppl", "word_perplexity")
+    assert ppl.delta == pytest.approx(-2.6) and not ppl.significant and ppl.status == "no stderr"
+    # Every (step, parent) pair of every evaluated merged node is there; nothing for step3.
+    pairs = set(zip(deltas.step, deltas.parent))
+    assert pairs == {
+        (v, p) for v in ("step1--w50", "step1--w75", "step1--w90", "step1") for p in ("add", "rev")
+    } | {
+        ("step2", "step1"),
+        ("step2", "copy"),
+    }
+
+
+def test_html_is_self_contained(recipe):
+    recipe()
+    page = run_workflow_commands()
+    parser = Attributes()
+    parser.feed(page)
+    links = [(tag, name, value) for tag, name, value in parser.attrs if name in ("src", "href")]
+    assert not [v for _, _, v in links if "http://" in v or "https://" in v or v.startswith("//")]
+    assert "http://" not in page and "https://" not in page
+    assert "script" not in parser.tags and "link" not in parser.tags and "url(" not in page
+    images = [v for tag, name, v in links if tag == "img"]
+    assert len(images) == 5  # one plot per task
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in Path("report/plots").iterdir()) == [
+        "demo.png",
+        "demo_add.png",
+        "demo_add_nll.png",
+        "demo_rev.png",
+        "text_ppl.png",
+    ]
+
+
+def test_html_shows_verdicts_lineage_config_and_provenance(recipe):
+    recipe()
+    page = run_workflow_commands()
+    assert "better than every parent" in page  # step1--w75 on demo/exact_match vs add and rev
+    assert '<td class="best">step1--w75</td>' in page  # the selected variant, in bold
+    assert page.count('class="pass"') >= 5 and "FAIL" not in page
+    assert "<svg" in page and "step1--w75" in page.split("<svg", 1)[1].split("</svg>", 1)[0]
+    assert "merge_method: linear" in page and "parameters: {weight: 0.75}" in page
+    assert "50b9762caceca06b" in page and "tensors</b>: 3" in page and "torch_version" in page
+    assert "71f33d0163224876" not in page  # a summary, not every tensor hash
+    assert "not run: no results at eval/step3.json" in page
+    assert "step1 is its selected variant step1--w75." in page
+    # A good headline cannot hide a lost skill: reversal fell beyond noise against rev.
+    assert "▼ demo_rev/exact_match -0.030 vs rev" in page
+
+
+def test_html_marks_a_failed_gate_and_the_steps_it_stopped(recipe):
+    recipe({"metric": "demo/exact_match", "max_drop": 0.01, "stop": True})
+    page = run_workflow_commands()
+    assert "FAIL" in page and "step2 failed the gate" in page
+    assert "not run: step2 failed the gate and gate.stop is set" in page
+
+
+def test_report_before_selection_shows_the_step_as_not_run(recipe):
+    recipe({})
+    page = run_workflow_commands(select=False)
+    assert "not run: no variant selected yet" in page
+    # step2 depends on step1, which has no results yet: it has no deltas against it.
+    table = pd.read_csv("report/metrics.csv")
+    assert "step1" not in set(table.step)
+
+
+def test_manifest_errors_are_caught_early(manifest_data):
+    good = manifest_data
+    bad_parent = json.loads(json.dumps(good))
+    bad_parent["nodes"][-1]["parents"] = ["nowhere"]
+    with pytest.raises(ValueError, match="unknown node 'nowhere'"):
+        parse_manifest(bad_parent)
+    bad_kind = json.loads(json.dumps(good))
+    bad_kind["nodes"][0]["kind"] = "model"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        parse_manifest(bad_kind)
+    typo = json.loads(json.dumps(good))
+    typo["nodes"][0]["evals"] = "x.json"
+    with pytest.raises(ValueError, match="unknown keys"):
+        parse_manifest(typo)
