@@ -1,0 +1,161 @@
+"""Subcommands the Snakemake workflow runs (and ``mergeflow lock``, which people run).
+
+Each prints one line and exits non-zero on bad input, and writes its output atomically, so a
+failed job leaves nothing that Snakemake could mistake for a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from mergeflow.engine.errors import MergeflowError
+from mergeflow.pipeline.recipes import PipelineError, Plan, node_path
+from mergeflow.quality.files import write_atomic
+
+
+def _one_line_errors(func):
+    @functools.wraps(func)
+    def wrapper(args) -> int:
+        try:
+            return func(args)
+        except MergeflowError as err:
+            print(f"mergeflow {args.command}: error: {err}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def register(subparsers) -> None:
+    """Add this area's subcommands; each sets ``func`` to a callable taking the parsed args."""
+    p = subparsers.add_parser(
+        "lock",
+        help="pin every Hub model the recipes use (commit + per-file sha256) in the lockfile",
+        description="Resolve the Hub models named by the config's recipes and aliases, and write their "
+        "commits and file hashes to the lockfile (the config's lockfile:, default config/models.lock). "
+        "Without --refresh only missing entries are resolved.",
+    )
+    p.add_argument("--config", default="config/config.yaml", help="workflow config (default %(default)s)")
+    p.add_argument("--refresh", action="store_true", help="re-resolve every entry (branches may have moved)")
+    p.set_defaults(func=lock_command)
+
+    p = subparsers.add_parser(
+        "digest",
+        help="write a model's content digest (fetching a locked Hub model first)",
+        description="Write the sha256sum-style digest of the files a merge reads. SOURCE is a local "
+        "model dir, or REPO@COMMIT from the lock, which is downloaded into the HF cache and verified.",
+    )
+    p.add_argument("source")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--lock", help="the lockfile, for Hub sources")
+    p.set_defaults(func=digest_command)
+
+    p = subparsers.add_parser("locate", help="print the local directory of a model (a locked Hub model's snapshot)")
+    p.add_argument("source")
+    p.add_argument("--lock", help="the lockfile, for Hub sources")
+    p.set_defaults(func=locate_command)
+
+    p = subparsers.add_parser(
+        "promote",
+        help="make a step's model the variant that select chose (hard links)",
+        description="Read SELECTED (written by `mergeflow select`) and give the step the chosen "
+        "variant's model and digest, so the next step builds on the best variant.",
+    )
+    p.add_argument("selected", type=Path)
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--digest", required=True, type=Path)
+    p.set_defaults(func=promote_command)
+
+    p = subparsers.add_parser("upload", help="upload a step's model to the Hub with a lineage model card")
+    p.add_argument("step")
+    p.add_argument("--manifest", required=True, help="the step's manifest (its lineage)")
+    p.add_argument("--repo", required=True, help="target Hub repo, ORG/NAME")
+    p.add_argument("--private", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--output", required=True, type=Path, help="JSON record of the commit")
+    p.set_defaults(func=upload_command)
+
+
+@_one_line_errors
+def lock_command(args) -> int:
+    from mergeflow.pipeline.hub import ensure_locked, read_lock
+
+    try:
+        config = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{args.config}: {' '.join(str(err).split())}") from None
+    if not isinstance(config, dict) or "recipes" not in config:
+        raise PipelineError(f"{args.config}: not a mergeflow config (no recipes:)")
+    plan = Plan(config)
+    before = read_lock(plan.lockfile)
+    entries = ensure_locked(plan.lockfile, list(plan.inputs.values()), refresh=args.refresh)
+    for key, entry in entries.items():
+        old = before.get(key, {}).get("commit")
+        change = "new" if old is None else "unchanged" if old == entry["commit"] else f"was {old[:12]}"
+        print(f"{key} -> {entry['commit']} ({change})")
+    print(f"{len(entries)} Hub model(s) locked in {plan.lockfile}")
+    return 0
+
+
+@_one_line_errors
+def digest_command(args) -> int:
+    from mergeflow.pipeline.fingerprint import digest
+
+    write_atomic(args.output, digest(args.source, args.lock))
+    return 0
+
+
+@_one_line_errors
+def locate_command(args) -> int:
+    from mergeflow.pipeline.hub import entry_for, fetch
+
+    print(args.source if Path(args.source).is_dir() else fetch(entry_for(args.lock, args.source)))
+    return 0
+
+
+@_one_line_errors
+def promote_command(args) -> int:
+    selected = json.loads(args.selected.read_text()).get("selected")
+    source = Path(node_path(str(selected), "model"))
+    if not selected or not source.is_dir():
+        raise PipelineError(f"{args.selected}: selected variant {selected!r} has no model at {source}")
+    _link_tree(source, args.model)
+    write_atomic(args.digest, Path(node_path(selected, "digest")).read_text())
+    print(f"promoted {selected}")
+    return 0
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link ``source``'s files into a new ``target`` (copies across filesystems), atomically."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True, copy_function=link_or_copy)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@_one_line_errors
+def upload_command(args) -> int:
+    from mergeflow.pipeline.upload import upload_step
+
+    record = upload_step(args.step, args.manifest, args.repo, args.private)
+    write_atomic(args.output, json.dumps(record, indent=2) + "\n")
+    print(f"uploaded {args.step} to {record['url']}")
+    return 0

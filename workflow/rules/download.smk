@@ -1,0 +1,24 @@
+# Inputs: fetch each Hub model at its locked commit (only what a merge reads) into the HF cache,
+# verify it against the lock, and write its digest; local model dirs just get their digest,
+# recomputed whenever a file's size or mtime changes.
+# A checkpoint, so a refetch that changes no byte lets Snakemake keep everything downstream.
+
+
+checkpoint fetch_model:
+    output:
+        "results/inputs/{model}/model.sha256",
+    log:
+        "results/logs/fetch_model/{model}.log",
+    wildcard_constraints:
+        model=one_of(PLAN.inputs),
+    conda:
+        "../../envs/hub.yaml"
+    params:
+        source=lambda wildcards: PLAN.source(wildcards.model, COMMITS),
+        lock=PLAN.lockfile,
+        # A local model is re-fingerprinted when any file's size or mtime changes.
+        files=lambda wildcards: text_sha256(
+            json.dumps(LOCAL_STATS.get(wildcards.model))
+        ),
+    shell:
+        "mergeflow digest {params.source:q} --lock {params.lock:q} --output {output:q} > {log} 2>&1"
