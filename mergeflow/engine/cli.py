@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 from mergeflow.engine.errors import MergeflowError
-from mergeflow.engine.run import MergeOptions, run_merge
-from mergeflow.engine.writer import parse_size
 
 log = logging.getLogger("mergeflow")
 
@@ -87,6 +85,9 @@ def _device(args) -> str:
 
 
 def merge_command(args) -> int:
+    # Imported here so that the other subcommands do not pay for importing torch.
+    from mergeflow.engine.run import MergeOptions, run_merge
+
     configure_logging(args.verbose)
     if args.gpu_rich:
         args.low_cpu_memory = args.read_to_gpu = args.multi_gpu = True
@@ -122,6 +123,8 @@ def merge_command(args) -> int:
 
 
 def _shard_size(text: str) -> int:
+    from mergeflow.engine.writer import parse_size
+
     try:
         return parse_size(text)
     except ValueError as err:

@@ -18,6 +18,13 @@ HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"
 _SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
+def fetch_patterns(repo_files: list[str]) -> list[str]:
+    """What to download from a repo holding ``repo_files``: pickles only when no safetensors exist."""
+    if any(name.endswith(".safetensors") for name in repo_files):
+        return list(HUB_PATTERNS)
+    return [*HUB_PATTERNS, "*.bin"]
+
+
 def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
     local = Path(ref.path).expanduser()
     if local.exists():
@@ -36,13 +43,10 @@ def _download(ref: ModelRef, cache_dir: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        patterns = list(HUB_PATTERNS)
         try:
-            files = list_repo_files(ref.path, revision=ref.revision)
-            if not any(f.endswith(".safetensors") for f in files):
-                patterns.append("*.bin")
+            patterns = fetch_patterns(list_repo_files(ref.path, revision=ref.revision))
         except (HfHubHTTPError, OSError, LocalEntryNotFoundError):
-            pass  # offline: take whatever the cache holds
+            patterns = None  # offline: take whatever the cache holds
         return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=patterns, cache_dir=cache_dir))
     except Exception as err:  # huggingface_hub raises many types; the user needs one line
         raise PreflightError(f"model {ref}: not a local directory and not fetchable from the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None

@@ -25,12 +25,9 @@ def files_to_fetch(names: list[str]) -> list[str]:
     """The files a merge reads: the engine's patterns, plus pickles only when no safetensors exist."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from mergeflow.engine.references import HUB_PATTERNS
+    from mergeflow.engine.references import fetch_patterns
 
-    patterns = list(HUB_PATTERNS)
-    if not any(name.endswith(".safetensors") for name in names):
-        patterns.append("*.bin")
-    return sorted(filter_repo_objects(names, allow_patterns=patterns))
+    return sorted(filter_repo_objects(names, allow_patterns=fetch_patterns(names)))
 
 
 def read_lock(path: str | Path) -> dict[str, dict]:
