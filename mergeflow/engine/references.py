@@ -46,7 +46,7 @@ def _download(ref: ModelRef, cache_dir: str | None) -> Path:
         try:
             patterns = fetch_patterns(list_repo_files(ref.path, revision=ref.revision))
         except (HfHubHTTPError, OSError, LocalEntryNotFoundError):
-            patterns = None  # offline: take whatever the cache holds
+            patterns = list(HUB_PATTERNS)  # offline: the safetensors files a warm cache holds
         return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=patterns, cache_dir=cache_dir))
     except Exception as err:  # huggingface_hub raises many types; the user needs one line
         raise PreflightError(f"model {ref}: not a local directory and not fetchable from the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
