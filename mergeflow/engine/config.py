@@ -251,12 +251,24 @@ def _parameters(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(key, f"must be a mapping of parameter names to values (got {value!r})")
     if "dare" in value:
-        raise ConfigError(
-            f"{key}.dare",
-            "is not a mergekit key (mergekit would silently ignore it). DARE's keep probability is "
-            "'density' (drop_rate 0.9 means density: 0.1): delete 'dare:' and set density instead",
-        )
+        raise ConfigError(f"{key}.dare", _dare_message(value))
     return {name: _setting(setting, f"{key}.{name}") for name, setting in value.items()}
+
+
+def _dare_message(parameters: dict) -> str:
+    """Tutorials write ``dare: {drop_rate: 0.9}``; mergekit ignores it, so the merge would run at
+    whatever ``density`` says. Translate the drop rate and point out a conflicting density."""
+    drop = parameters["dare"].get("drop_rate") if isinstance(parameters["dare"], dict) else None
+    if isinstance(drop, (int, float)) and not isinstance(drop, bool):
+        meaning = f"drop_rate {drop} means density: {round(1 - drop, 6):g}"
+    else:
+        meaning = "drop_rate 0.9 means density: 0.1"
+    density = parameters.get("density")
+    conflict = f", which conflicts with the density: {density} beside it" if density is not None else ""
+    return (
+        "is not a mergekit key (mergekit would silently ignore it). DARE's keep probability is "
+        f"'density' ({meaning}{conflict}): delete 'dare:' and set density instead"
+    )
 
 
 def _is_scalar(value: Any) -> bool:

@@ -84,7 +84,7 @@ def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec,
             result = method.merge(merge_inputs)
         except ValueError as err:
             raise MergeflowError(str(err)) from None  # methods name the tensor
-    expected = method.result_dtype(task.merge_dtype)
+    expected = method.output_dtype(task.merge_dtype, len(inputs))
     if result.dtype != expected:
         raise RuntimeError(f"tensor {task.output_name}: '{method.name}' returned {result.dtype}, declared {expected}")
     return result

@@ -6,46 +6,49 @@ result is what reaches the tensor math.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 from mergeflow.engine.errors import ConfigError
 from mergeflow.methods import Param
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+# mergekit 0.1.5 validates parameter values with pydantic's lax rules; these are the strings those
+# rules read as booleans (case-insensitive, not stripped).
+_TRUE = {"true", "yes", "on", "1", "t", "y"}
+_FALSE = {"false", "no", "off", "0", "f", "n"}
 
 
 def coerce(value: Any, param: Param, key: str) -> Any:
-    """Validate one value to the parameter's kind, accepting what mergekit 0.1.5 accepts."""
+    """Validate one value to the parameter's kind, accepting what mergekit 0.1.5 accepts: a float
+    also from a bool or any numeric string ("1e-5", "inf"), an int also from a whole float or
+    "5.0", a bool also from 0/1 and yes/no-style strings."""
     kind = param.kind
     if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, (int, float)) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, int):
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
+            digits, dot, zeros = value.strip().partition(".")
+            if not dot or (zeros and not zeros.strip("0")):  # "5" or "5.00", not "5." or "5.5"
+                try:
+                    return int(digits)
+                except ValueError:
+                    pass
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
             try:
-                parsed = float(value.strip())
+                return float(value)
             except ValueError:
-                parsed = math.nan
-            if math.isfinite(parsed):
-                return parsed
+                pass
     raise ConfigError(key, f"expected a {kind.__name__} for parameter '{param.name}' (got {value!r})")
 
 

@@ -2,8 +2,16 @@
 
 Everything here reads only config.json files and safetensors headers, so a bad config, a missing
 tensor or a shape mismatch fails before any weight is loaded. Execution order is mergekit's
-(§6): ascending plain-string order of each task's largest input name, ties in planning order; the
-seeded methods draw their random numbers in that order.
+(§6): ascending plain-string order of each task's largest input name; the seeded methods draw
+their random numbers in that order.
+
+Ties are ours: planning order. Two tasks tie when they share their largest input name: the
+lm_head of a tied model merged with untied ones (it reads the embedding), or slices that read the
+same input layer twice. mergekit 0.1.5 breaks such ties by the iteration order of a Python set of
+its internal task ids, which flips with the number of tensors in the merge (for two Llama models,
+one tied, the lm_head goes first at 6, 7 and 24-30 layers, the embedding first otherwise). We do
+not reproduce that, so with DARE or DELLA the two tied tasks' random masks can differ from
+mergekit's; every deterministic method, and every merge without such a tie, is unaffected.
 """
 
 from __future__ import annotations
@@ -72,13 +80,8 @@ def build_plan(
     _warn_unknown_parameters(config, method)
     slices = _output_slices(config, checkpoints)
     base_of = {id(s): s.base_model or config.base_model for s in slices}
-    if method.requires_base:
-        for sl in slices:
-            base = base_of[id(sl)]
-            if base is None:
-                raise ConfigError("base_model", f"merge method '{method.name}' needs a base_model")
-            if base not in [src.model for src in sl.sources]:
-                raise ConfigError(f"{sl.key}.sources", f"base model {base} is not among this slice's sources")
+    for sl in slices:
+        _check_input_contract(method, sl, base_of[id(sl)])
     arch = infer_architecture(
         list(dict.fromkeys(n for c in checkpoints.values() for n in c.headers)),
         checkpoints[_donor(config)].config,
@@ -100,6 +103,12 @@ def build_plan(
             layer += 1
     # mergekit sizes the post-weight inputs by the first slice and zips them with the last slice.
     post_sources = last.sources[: len(first.sources)]
+    if method.requires_base and arch.post_weights and base_of[id(last)] not in [src.model for src in post_sources]:
+        raise ConfigError(
+            f"{last.key}.sources",
+            f"the final weights ({', '.join(arch.post_weights)}) are merged from this last slice's first "
+            f"{len(first.sources)} source(s), as many as the first slice has; list the base model among them",
+        )
     for name in arch.post_weights:
         planner.add(name, [(src, name) for src in post_sources], last, base_of[id(last)], 0.0)
     ordered = sorted(enumerate(planner.tasks), key=lambda item: (item[1].order_key, item[0]))
@@ -124,6 +133,31 @@ def _check_architectures(checkpoints: dict[ModelRef, Checkpoint], allow_crimes: 
     if len(set(archs.values())) > 1 and not allow_crimes:
         listing = ", ".join(f"{ref} is {arch}" for ref, arch in archs.items())
         raise PreflightError(f"models have different architectures ({listing}); pass --allow-crimes to merge anyway")
+
+
+def _check_input_contract(method: MethodSpec, sl: OutputSlice, base: ModelRef | None) -> None:
+    """mergekit 0.1.5 checks every slice against the method's input counts before merging, so a
+    slerp slice with one source, nuslerp with the base among its two models, or a model listed
+    twice in one slice fails up front."""
+    key = "models" if sl.key == "models" else f"{sl.key}.sources"
+    models = [src.model for src in sl.sources]
+    repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
+    if repeated is not None:
+        raise ConfigError(key, f"model {repeated} is listed twice; a slice merges each model once")
+    if method.requires_base:
+        if base is None:
+            raise ConfigError("base_model", f"merge method '{method.name}' needs a base_model; add 'base_model:' naming one of the merged models")
+        if base not in models:
+            raise ConfigError(key, f"base model {base} is not among this slice's sources")
+    others = sum(model != base for model in models)
+    for what, count, low, high in (
+        ("counting the base", len(models), method.min_inputs, method.max_inputs),
+        ("besides the base", others, method.min_others, method.max_others),
+    ):
+        if count < low or (high is not None and count > high):
+            bounds = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+            hint = "; use slices: to pick one model per layer range" if high == 1 and sl.key == "models" else ""
+            raise ConfigError(key, f"'{method.name}' needs {bounds} model(s) per slice {what} (got {count}){hint}")
 
 
 def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec) -> None:
@@ -186,28 +220,27 @@ class _Planner:
 
     def add(self, output_name: str, wanted: list[tuple[Source, str]], sl: OutputSlice, base: ModelRef | None, t: float) -> None:
         present = [(src, self._resolve_name(src.model, name)) for src, name in wanted]
-        if all(found is None for _, found in present):
-            return  # nobody has this weight (e.g. a tied lm_head): it is not written, as in mergekit
+        if all(found != name for (_, name), (_, found) in zip(wanted, present)):
+            # None of these models has the weight under its own name (e.g. the lm_head of tied
+            # models): it is not written, as in mergekit, even when another slice's model has it.
+            # A tied model's embedding stands in for its head only beside a model with a real one.
+            return
         missing = [f"{src.model} lacks {name}" for (src, name), (_, found) in zip(wanted, present) if found is None]
         if missing:
             raise PreflightError(f"tensor {output_name}: {'; '.join(missing)}")
         inputs = tuple(InputTensor(src.model, found) for src, found in present)
-        if len(inputs) < self.method.min_inputs:
-            if tied_source(output_name, self.arch.pre_weights):
-                return  # an optional weight the method cannot merge is dropped, as in mergekit
-            raise ConfigError("merge_method", f"'{self.method.name}' needs at least {self.method.min_inputs} models, got {len(inputs)} for tensor {output_name}")
-        if self.method.max_inputs is not None and len(inputs) > self.method.max_inputs:
-            raise ConfigError("merge_method", f"'{self.method.name}' takes at most {self.method.max_inputs} model(s) per tensor, got {len(inputs)} for {output_name}; use slices: to pick one model per layer range")
         base_index = next((i for i, (src, _) in enumerate(present) if src.model == base), None)
         shared = self._shared_levels(sl)
         context = f"tensor {output_name}"
         params = {p.name: P.resolve(p, shared, t, output_name, context) for p in self.global_params}
         model_params = []
-        for i, (src, found) in enumerate(present):
+        # Per-model filters see the input's own weight name (its own layer index), not the tensor
+        # a tied head is read from: a tied model's lm_head is matched by `filter: lm_head`.
+        for i, (src, name) in enumerate(wanted):
             scopes = (Scope.INPUT,) if i == base_index else (Scope.INPUT, Scope.MODEL)
             levels = [(f"{s.key}.parameters", s.parameters) for s in sl.sources if s.model == src.model] + shared
             model_params.append({
-                p.name: P.resolve(p, levels, t, found, f"model {src.model}, tensor {found}")
+                p.name: P.resolve(p, levels, t, name, f"model {src.model}, tensor {name}")
                 for p in self.model_params if p.scope in scopes
             })
         self.tasks.append(self._typed_task(output_name, inputs, base_index, params, tuple(model_params)))
@@ -228,7 +261,7 @@ class _Planner:
         dtypes = [load_dtype or dtype for dtype, _ in headers]
         merge_dtype = reduce(torch.promote_types, dtypes)
         if merge_dtype.is_floating_point:
-            result = self.method.result_dtype(merge_dtype)
+            result = self.method.output_dtype(merge_dtype, len(inputs))
         else:
             result = merge_dtype
         return TensorTask(

@@ -43,6 +43,7 @@ SPEC = register(
         name="arcee_fusion",
         merge=merge,
         requires_base=True,
+        min_inputs=2,
         max_inputs=2,
         result_dtype=promoted_with_float32,
         pretty_name="Arcee Fusion",

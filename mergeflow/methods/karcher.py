@@ -23,6 +23,8 @@ def merge(inputs: MergeInputs) -> torch.Tensor:
     max_iter = inputs.params["max_iter"]
     tol = inputs.params["tol"]
     tensors = inputs.tensors
+    if len(tensors) == 1:
+        return tensors[0]  # mergekit returns a lone input as is, unscaled and unrounded
     alpha = 1.0 / len(tensors)
 
     norms = [_norm(x) for x in tensors]

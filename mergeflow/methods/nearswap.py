@@ -28,6 +28,7 @@ SPEC = register(
         merge=merge,
         params=(Param("t", float, Scope.GLOBAL, required=True),),
         requires_base=True,
+        min_inputs=2,
         max_inputs=2,
         pretty_name="NearSwap",
     )

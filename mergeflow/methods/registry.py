@@ -79,8 +79,12 @@ class MethodSpec:
     merge: Callable[[MergeInputs], torch.Tensor]
     params: tuple[Param, ...] = ()
     requires_base: bool = False
-    min_inputs: int = 1  # an optional weight with fewer inputs is dropped; a required one fails
-    max_inputs: int | None = None  # more inputs per tensor is a config error (passthrough: 1)
+    # mergekit 0.1.5's input contract, checked per output slice before any weight is read:
+    # how many models a slice must have, the base included, and how many besides the base.
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_others: int = 0
+    max_others: int | None = None
     result_dtype: Callable[[torch.dtype], torch.dtype] = same_dtype
     uses_accelerator: bool = True
     pretty_name: str = ""
@@ -92,6 +96,12 @@ class MethodSpec:
 
     def params_in(self, *scopes: Scope) -> list[Param]:
         return [p for p in self.params if p.scope in scopes]
+
+    def output_dtype(self, dtype: torch.dtype, inputs: int) -> torch.dtype:
+        """What ``merge`` returns for ``inputs`` tensors of ``dtype``. A lone input (an optional
+        weight only one model has, or a base-only slice) comes back in its own dtype: the
+        promoting methods return it before computing anything."""
+        return dtype if inputs == 1 else self.result_dtype(dtype)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -152,6 +152,7 @@ SLERP = register(
         merge=slerp,
         params=(Param("t", float, Scope.GLOBAL, required=True),),
         requires_base=True,
+        min_inputs=2,
         max_inputs=2,
         pretty_name="SLERP",
         reference_url="https://en.wikipedia.org/wiki/Slerp",
@@ -167,6 +168,8 @@ NUSLERP = register(
             Param("nuslerp_flatten", bool, Scope.GLOBAL, default=True),
             Param("nuslerp_row_wise", bool, Scope.GLOBAL, default=False),
         ),
+        min_others=2,
+        max_others=2,
         pretty_name="NuSLERP",
     )
 )
@@ -180,6 +183,7 @@ MULTISLERP = register(
             Param("normalize_weights", bool, Scope.GLOBAL, default=True),
             Param("eps", float, Scope.GLOBAL, default=1e-8),
         ),
+        min_others=1,
         pretty_name="Multi-SLERP",
     )
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_bit_identical, mergeflow_merge, mergekit_merge
+from oracle import assert_bit_identical, mergeflow_merge, mergekit_merge
 
 pytestmark = pytest.mark.parity
 

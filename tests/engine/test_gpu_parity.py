@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_bit_identical, mergeflow_merge, mergekit_merge
+from oracle import assert_bit_identical, mergeflow_merge, mergekit_merge
 from test_parity import METHOD_CONFIGS, render
 
 pytestmark = [

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import load_dir
+from oracle import load_dir
 
 
 def _cache_repo(cache: Path, repo: str, source: Path, commit: str, ref: str = "main") -> None:

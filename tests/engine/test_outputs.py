@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import load_dir, mergeflow_merge
+from oracle import load_dir, mergeflow_merge
 from mergeflow.engine.errors import MergeflowError
 from mergeflow.methods import get_method
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_bit_identical, mergeflow_merge, mergekit_merge
+from mergeflow.engine.errors import ConfigError
+from oracle import assert_bit_identical, mergeflow_merge, mergekit_merge
 
 pytestmark = pytest.mark.parity
 
@@ -115,3 +116,87 @@ def test_slices_with_per_slice_parameters_and_base(model_dir, tmp_path):
         "parameters:\n  t:\n    - filter: mlp\n      value: 0.25\n    - value: [1, 0]\n"
     )
     check(text, tmp_path)
+
+
+def _models(model_dir, **variant) -> dict:
+    """base, m1..m3 and tied_m2 (m2 saved with tied embeddings, so without an lm_head)."""
+    names = {m: model_dir(m, **variant) for m in ("base", "m1", "m2", "m3")}
+    return {**names, "tied_m2": model_dir("m2", tied=True, **variant)}
+
+
+def _slice(*sources: tuple[str, int, int, str]) -> str:
+    body = "".join(f"      - model: {{{m}}}\n        layer_range: [{a}, {b}]\n{p}" for m, a, b, p in sources)
+    return f"  - sources:\n{body}"
+
+
+HALF = "        parameters: {{weight: 0.5}}\n"  # a source's weight, for linear and task_arithmetic
+
+# Accepted by mergekit, and once merged differently by us (each found by test_parity_sweep).
+EDGE_CASES = {
+    # A lone input comes back as is; karcher used to rescale it by its own norm (fp16 rounding).
+    "karcher_single_model": "merge_method: karcher\nmodels:\n  - model: {m1}\n",
+    # The base alone is returned in its own dtype; ramplus_tl used to declare float32 and crash.
+    "ramplus_tl_base_only": "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n  - model: {base}\n",
+    # Per-model filters see a tied model's head as lm_head.weight, not as the embedding it reads.
+    "tied_head_per_model_filter": (
+        "merge_method: linear\nmodels:\n  - model: {m1}\n    parameters: {{weight: 0.4}}\n"
+        "  - model: {tied_m2}\n    parameters:\n      weight:\n        - filter: lm_head\n          value: 0.9\n"
+        "        - value: 0.2\n"
+    ),
+    # Values are read as mergekit's pydantic reads them: a bool is a float, "5.0" an int, "y" true.
+    "values_spelled_loosely": (
+        "merge_method: karcher\nmodels:\n  - model: {m1}\n  - model: {m2}\nparameters: {{max_iter: '3.0', tol: '1e-3'}}\n"
+    ),
+    "bool_weight_and_flag_letters": (
+        "merge_method: linear\nmodels:\n  - model: {m1}\n    parameters: {{weight: true}}\n"
+        "  - model: {m2}\n    parameters: {{weight: '0.5'}}\nparameters: {{normalize: 'n'}}\n"
+    ),
+    # The final weights come from the last slice: tied models there leave lm_head out, as in
+    # mergekit, even when an earlier slice's model has one.
+    "frankenmerge_ending_on_tied_model": "merge_method: passthrough\nslices:\n" + _slice(("m1", 0, 2, "")) + _slice(("tied_m2", 2, 4, "")),
+}
+
+# Refused by mergekit's input contract before any merging; we refuse them up front too.
+REJECTED = {
+    "slerp_slice_with_one_source": (
+        "merge_method: slerp\nbase_model: {base}\nparameters: {{t: 0.5}}\nslices:\n"
+        + _slice(("base", 0, 2, "")) + _slice(("base", 2, 4, ""), ("m1", 2, 4, "")),
+        "'slices[0].sources': 'slerp' needs exactly 2 model(s) per slice counting the base (got 1)",
+    ),
+    "nuslerp_base_among_its_two_models": (
+        "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - model: {base}\n    parameters: {{weight: 0.5}}\n"
+        "  - model: {m1}\n    parameters: {{weight: 0.5}}\n",
+        "'models': 'nuslerp' needs exactly 2 model(s) per slice besides the base (got 1)",
+    ),
+    "multislerp_base_only": (
+        "merge_method: multislerp\nbase_model: {base}\nmodels:\n  - model: {base}\n    parameters: {{weight: 1}}\n",
+        "'models': 'multislerp' needs at least 1 model(s) per slice besides the base (got 0)",
+    ),
+    "model_listed_twice": (
+        "merge_method: linear\nslices:\n" + _slice(("m1", 0, 2, HALF), ("m1", 2, 4, HALF)),
+        "'slices[0].sources': model {m1} is listed twice",
+    ),
+    "base_cut_from_the_final_weights": (
+        "merge_method: task_arithmetic\nbase_model: {base}\nslices:\n"
+        + _slice(("base", 0, 2, HALF)) + _slice(("m1", 2, 4, HALF), ("base", 2, 4, HALF)),
+        "'slices[1].sources': the final weights (lm_head.weight, model.norm.weight) are merged from this last slice's first 1 source(s)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_edge_case(name, model_dir, tmp_path):
+    check(EDGE_CASES[name].format(**_models(model_dir, dtype=torch.float16)), tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_rejected_up_front_as_by_mergekit(name, model_dir, tmp_path):
+    template, message = REJECTED[name]
+    names = _models(model_dir)
+    text = template.format(**names)
+    with pytest.raises(ValueError):
+        mergekit_merge(text, tmp_path / "mergekit")
+    with pytest.raises(ConfigError) as raised:
+        mergeflow_merge(text, tmp_path / "mergeflow")
+    assert message.format(**names) in str(raised.value)
+    assert not (tmp_path / "mergeflow").exists()

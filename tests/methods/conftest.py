@@ -44,7 +44,7 @@ def merge() -> Callable[..., torch.Tensor]:
     def run(method: str, tensors: Sequence[torch.Tensor], **kwargs: Any) -> torch.Tensor:
         spec = get_method(method)
         result = spec.merge(build_inputs(method, tensors, **kwargs))
-        assert result.dtype == spec.result_dtype(tensors[0].dtype)
+        assert result.dtype == spec.output_dtype(tensors[0].dtype, len(tensors))
         return result
 
     return run

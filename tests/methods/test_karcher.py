@@ -38,3 +38,9 @@ def test_zero_inputs_give_zeros_and_count_in_the_scale(merge):
 def test_bfloat16_stays_bfloat16(merge):
     xs = [torch.randn(8, 8).to(torch.bfloat16) for _ in range(3)]
     assert merge("karcher", xs, params={"max_iter": 3}).dtype == torch.bfloat16
+
+
+def test_a_lone_input_is_returned_as_is(merge):
+    """mergekit returns it unchanged; rescaling by its own norm would round half precision."""
+    x = torch.randn(16, 8).to(torch.float16)
+    assert merge("karcher", [x]) is x

@@ -93,13 +93,28 @@ def test_float32_promoting_methods_declare_it():
 
 
 def test_input_count_limits():
-    limits = {name: get_method(name).max_inputs for name in method_names()}
-    assert {name: n for name, n in limits.items() if n is not None} == {
-        "passthrough": 1,
-        "slerp": 2,
-        "nearswap": 2,
-        "arcee_fusion": 2,
+    """mergekit 0.1.5's per-slice input contract: (min, max) models counting the base, and
+    (min, max) besides the base; every other method takes (1, None) and (0, None)."""
+    contracts = {
+        name: ((spec.min_inputs, spec.max_inputs), (spec.min_others, spec.max_others))
+        for name in method_names()
+        if ((spec := get_method(name)).min_inputs, spec.max_inputs, spec.min_others, spec.max_others) != (1, None, 0, None)
     }
+    assert contracts == {
+        "passthrough": ((1, 1), (0, None)),
+        "slerp": ((2, 2), (0, None)),
+        "nearswap": ((2, 2), (0, None)),
+        "arcee_fusion": ((2, 2), (0, None)),
+        "model_stock": ((3, None), (0, None)),
+        "nuslerp": ((1, None), (2, 2)),
+        "multislerp": ((1, None), (1, None)),
+    }
+
+
+def test_a_lone_input_keeps_its_dtype():
+    for name in ("arcee_fusion", "ramplus_tl"):
+        assert get_method(name).output_dtype(torch.bfloat16, 2) == torch.float32
+        assert get_method(name).output_dtype(torch.bfloat16, 1) == torch.bfloat16
 
 
 def test_paper_links():
