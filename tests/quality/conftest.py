@@ -98,3 +98,12 @@ def recipe(tmp_path, monkeypatch):
         return path
 
     return write
+
+
+def node_command(command: str, step: str, output: str | None = None) -> dict:
+    """Run ``mergeflow gate|select`` for one node of the manifest in the current directory."""
+    from mergeflow.cli import main
+
+    output = output or f"out/{step}/{command}.json"
+    assert main([command, "--manifest", "manifest.json", "--step", step, "--output", output]) == 0
+    return json.loads(Path(output).read_text())

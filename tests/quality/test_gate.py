@@ -1,9 +1,10 @@
-import json
 
 import pytest
 
 from mergeflow.cli import main
 from mergeflow.quality.gate import parse_gate, verdict
+
+from .conftest import node_command
 
 
 def test_max_drop_compares_with_the_best_parent():
@@ -67,37 +68,13 @@ def test_stop_only_when_configured_failing_and_not_a_variant():
 
 
 def run_gate(step):
-    assert (
-        main(
-            [
-                "gate",
-                "--manifest",
-                "manifest.json",
-                "--step",
-                step,
-                "--output",
-                f"out/{step}/gate.json",
-            ]
-        )
-        == 0
-    )
-    return json.loads(open(f"out/{step}/gate.json").read())
+    return node_command("gate", step, f"out/{step}/gate.json")
 
 
 def test_cli_reads_parents_through_the_manifest(recipe):
     recipe()
     # step1 is its selected variant (w75: 0.785); best parent add 0.70 → threshold 0.65
-    main(
-        [
-            "select",
-            "--manifest",
-            "manifest.json",
-            "--step",
-            "step1",
-            "--output",
-            "out/step1/selected.json",
-        ]
-    )
+    node_command("select", "step1", "out/step1/selected.json")
     result = run_gate("step1")
     assert set(result) >= {
         "step",
@@ -115,17 +92,7 @@ def test_cli_reads_parents_through_the_manifest(recipe):
 
 def test_cli_failing_step_exits_zero_and_says_stop(recipe, capsys):
     recipe({"metric": "demo/exact_match", "max_drop": 0.01, "stop": True})
-    main(
-        [
-            "select",
-            "--manifest",
-            "manifest.json",
-            "--step",
-            "step1",
-            "--output",
-            "out/step1/selected.json",
-        ]
-    )
+    node_command("select", "step1", "out/step1/selected.json")
     # step2 0.77 against its best parent step1 (0.785) minus 0.01
     result = run_gate("step2")
     assert not result["passed"] and result["stop"] is True

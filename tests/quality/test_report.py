@@ -19,6 +19,8 @@ from mergeflow.quality.report import (
     parse_manifest,
 )
 
+from .conftest import node_command
+
 EVALUATED = [
     "base",
     "add",
@@ -54,29 +56,9 @@ class Attributes(HTMLParser):
 
 def run_workflow_commands(gate=None, select=True):
     if select:
-        main(
-            [
-                "select",
-                "--manifest",
-                "manifest.json",
-                "--step",
-                "step1",
-                "--output",
-                "out/step1/selected.json",
-            ]
-        )
+        node_command("select", "step1", "out/step1/selected.json")
     for step in ("step1--w50", "step1--w75", "step1--w90", "step1", "step2"):
-        main(
-            [
-                "gate",
-                "--manifest",
-                "manifest.json",
-                "--step",
-                step,
-                "--output",
-                f"out/{step}/gate.json",
-            ]
-        )
+        node_command("gate", step, f"out/{step}/gate.json")
     assert main(["report", "--manifest", "manifest.json", "--out-dir", "report"]) == 0
     return Path("report/index.html").read_text()
 
