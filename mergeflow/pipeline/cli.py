@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import shutil
 import sys
@@ -18,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from mergeflow.engine.errors import MergeflowError
-from mergeflow.pipeline.recipes import PipelineError, Plan, node_path
-from mergeflow.quality.files import write_atomic
+from mergeflow.pipeline.recipes import PipelineError, Plan, node_path, yaml_error
+from mergeflow.quality.files import read_json, write_atomic, write_json_atomic
 
 
 def _one_line_errors(func):
@@ -47,20 +46,24 @@ def register(subparsers) -> None:
     p.add_argument("--refresh", action="store_true", help="re-resolve every entry (branches may have moved)")
     p.set_defaults(func=lock_command)
 
+    # digest and locate take the same model reference: a local dir, or REPO@COMMIT from the lock.
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("source")
+    source.add_argument("--lock", help="the lockfile, for Hub sources")
+
     p = subparsers.add_parser(
         "digest",
+        parents=[source],
         help="write a model's content digest (fetching a locked Hub model first)",
         description="Write the sha256sum-style digest of the files a merge reads. SOURCE is a local "
         "model dir, or REPO@COMMIT from the lock, which is downloaded into the HF cache and verified.",
     )
-    p.add_argument("source")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--lock", help="the lockfile, for Hub sources")
     p.set_defaults(func=digest_command)
 
-    p = subparsers.add_parser("locate", help="print the local directory of a model (a locked Hub model's snapshot)")
-    p.add_argument("source")
-    p.add_argument("--lock", help="the lockfile, for Hub sources")
+    p = subparsers.add_parser(
+        "locate", parents=[source], help="print the local directory of a model (a locked Hub model's snapshot)"
+    )
     p.set_defaults(func=locate_command)
 
     p = subparsers.add_parser(
@@ -89,8 +92,10 @@ def lock_command(args) -> int:
 
     try:
         config = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"{args.config}: {' '.join(str(err).split())}") from None
+    except OSError as err:
+        raise PipelineError(f"{args.config}: cannot read it: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise yaml_error(args.config, err) from None
     if not isinstance(config, dict) or "recipes" not in config:
         raise PipelineError(f"{args.config}: not a mergeflow config (no recipes:)")
     plan = Plan(config)
@@ -122,7 +127,7 @@ def locate_command(args) -> int:
 
 @_one_line_errors
 def promote_command(args) -> int:
-    selected = json.loads(args.selected.read_text()).get("selected")
+    selected = read_json(args.selected).get("selected")
     source = Path(node_path(str(selected), "model"))
     if not selected or not source.is_dir():
         raise PipelineError(f"{args.selected}: selected variant {selected!r} has no model at {source}")
@@ -156,6 +161,6 @@ def upload_command(args) -> int:
     from mergeflow.pipeline.upload import upload_step
 
     record = upload_step(args.step, args.manifest, args.repo, args.private)
-    write_atomic(args.output, json.dumps(record, indent=2) + "\n")
+    write_json_atomic(args.output, record)
     print(f"uploaded {args.step} to {record['url']}")
     return 0

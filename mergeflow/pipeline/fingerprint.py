@@ -51,8 +51,6 @@ def digest(source: str, lockfile: str | None = None) -> str:
         if not names:
             raise PipelineError(f"{source}: no model files (*.safetensors/*.bin, *.json) to fingerprint")
         return _lines({name: file_sha256(Path(source) / name) for name in names})
-    if lockfile is None:
-        raise PipelineError(f"{source}: not a local directory (a Hub reference needs --lock)")
     entry = entry_for(lockfile, source)
     fetch(entry)
     return _lines({name: meta["sha256"] for name, meta in entry["files"].items()})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from mergeflow.pipeline.recipes import InputModel, PipelineError, yaml_error
 from mergeflow.quality.files import write_atomic
-from mergeflow.pipeline.recipes import InputModel, PipelineError
 
 LOCK_VERSION = 1
 LOCK_HEADER = (
@@ -37,7 +37,7 @@ def read_lock(path: str | Path) -> dict[str, dict]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise PipelineError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise yaml_error(str(path), err) from None
     if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
         raise PipelineError(f"{path}: not a version-{LOCK_VERSION} mergeflow lock; delete it and rerun to recreate it")
     return data["models"]
@@ -93,8 +93,10 @@ def ensure_locked(lockfile: str | Path, models: list[InputModel], refresh: bool 
     return {m.lock_key: entries[m.lock_key] for m in wanted}
 
 
-def entry_for(lockfile: str | Path, source: str) -> dict:
-    """The lock entry of a pinned ``repo@commit``."""
+def entry_for(lockfile: str | Path | None, source: str) -> dict:
+    """The lock entry of a pinned ``repo@commit`` (a source that is not a local directory)."""
+    if lockfile is None:
+        raise PipelineError(f"{source}: not a local directory (a Hub reference needs --lock)")
     repo, _, commit = source.partition("@")
     for entry in read_lock(lockfile).values():
         if entry["repo"] == repo and entry["commit"] == commit:

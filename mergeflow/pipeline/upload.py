@@ -6,14 +6,13 @@ every weight back to a pinned Hub commit or local directory, and see the gate re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from mergeflow.pipeline.hub import hub_error
 from mergeflow.pipeline.recipes import PipelineError, node_path
-from mergeflow.quality.report import read_optional_json
+from mergeflow.quality.files import read_json, read_optional_json
 
 
 def _lineage(nodes: dict[str, dict], name: str, depth: int = 0) -> list[str]:
@@ -70,7 +69,7 @@ def upload_step(step: str, manifest_path: str, repo: str, private: bool) -> dict
     from huggingface_hub import CommitOperationAdd, HfApi
 
     model_dir = Path(node_path(step, "model"))
-    card = model_card(json.loads(Path(manifest_path).read_text()), step)
+    card = model_card(read_json(manifest_path), step)
     operations = [
         CommitOperationAdd(path_in_repo=path.relative_to(model_dir).as_posix(), path_or_fileobj=str(path))
         for path in sorted(model_dir.rglob("*"))

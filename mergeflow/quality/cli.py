@@ -49,57 +49,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - any lm-eval failure becomes one line and exit 1
         print(f"mergeflow evaluate {args.model_dir}: {_one_line(error)}", file=sys.stderr)
         return 1
-    write_json_atomic(results, args.output)
+    write_json_atomic(args.output, results)
     seconds = float(results["total_evaluation_time_seconds"])
     print(f"evaluated {args.model_dir} in {seconds:.1f} s → {args.output}")
     return 0
 
 
-def cmd_gate(args: argparse.Namespace) -> int:
+def _step_json(args: argparse.Namespace, decide) -> dict | None:
+    """Write ``decide(manifest, node)`` for ``--step`` to ``--output`` and return it; on a bad
+    manifest, step or metric print one line naming the step and return None."""
     from mergeflow.quality.files import write_json_atomic
-    from mergeflow.quality.gate import no_gate, parse_gate, verdict
-    from mergeflow.quality.metrics import lookup
-    from mergeflow.quality.report import load_manifest, manifest_table
+    from mergeflow.quality.report import load_manifest
 
     try:
         manifest = load_manifest(args.manifest)
-        node = manifest.node(args.step)
-        if not manifest.gate:
-            result = no_gate(args.step)
-        else:
-            gate = parse_gate(manifest.gate)
-            table = manifest_table(manifest)
-            value, _ = lookup(table, node.name, gate.metric)
-            parents = {p: lookup(table, p, gate.metric)[0] for p in node.parents}
-            result = verdict(gate, node.name, value, parents, may_stop=node.kind != "variant")
+        result = decide(manifest, manifest.node(args.step))
     except (KeyError, ValueError, OSError) as error:
-        print(f"mergeflow gate {args.step}: {_one_line(error)}", file=sys.stderr)
+        print(f"mergeflow {args.command} {args.step}: {_one_line(error)}", file=sys.stderr)
+        return None
+    write_json_atomic(args.output, result)
+    return result
+
+
+def _gate_verdict(manifest, node) -> dict:
+    """The gate JSON of ``node``, its gate metric against its parents' (a pass without a gate)."""
+    from mergeflow.quality.gate import no_gate, parse_gate, verdict
+    from mergeflow.quality.metrics import lookup
+    from mergeflow.quality.report import manifest_table
+
+    if not manifest.gate:
+        return no_gate(node.name)
+    gate = parse_gate(manifest.gate)
+    table = manifest_table(manifest)
+    value, _ = lookup(table, node.name, gate.metric)
+    parents = {p: lookup(table, p, gate.metric)[0] for p in node.parents}
+    return verdict(gate, node.name, value, parents, may_stop=node.kind != "variant")
+
+
+def _selection(manifest, node) -> dict:
+    """The selection JSON of step ``node``: every variant ranked by the step's select metric."""
+    from mergeflow.quality.metrics import lookup
+    from mergeflow.quality.report import manifest_table
+    from mergeflow.quality.variants import select
+
+    if node.name not in manifest.select:
+        raise KeyError(f"manifest 'select' has no entry for {node.name}")
+    metric = str(manifest.select[node.name]["metric"])
+    table = manifest_table(manifest)
+    return select(node.name, {v: lookup(table, v, metric)[0] for v in node.variants}, metric)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    result = _step_json(args, _gate_verdict)
+    if result is None:
         return 1
-    write_json_atomic(result, args.output)
     print(result["reason"])
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from mergeflow.quality.files import write_json_atomic
-    from mergeflow.quality.metrics import lookup
-    from mergeflow.quality.report import load_manifest, manifest_table
-    from mergeflow.quality.variants import select
-
-    try:
-        manifest = load_manifest(args.manifest)
-        node = manifest.node(args.step)
-        if args.step not in manifest.select:
-            raise KeyError(f"manifest 'select' has no entry for {args.step}")
-        metric = str(manifest.select[args.step]["metric"])
-        table = manifest_table(manifest)
-        result = select(args.step, {v: lookup(table, v, metric)[0] for v in node.variants}, metric)
-    except (KeyError, ValueError, OSError) as error:
-        print(f"mergeflow select {args.step}: {_one_line(error)}", file=sys.stderr)
+    result = _step_json(args, _selection)
+    if result is None:
         return 1
-    write_json_atomic(result, args.output)
     best = result["ranking"][0]
-    print(f"{args.step}: selected {best['name']} ({metric} {best['value']:.4g})")
+    print(f"{args.step}: selected {best['name']} ({result['metric']} {best['value']:.4g})")
     return 0
 
 
@@ -159,17 +172,15 @@ def register(subparsers) -> None:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("gate", help="quality-gate verdict of one step")
-    p.add_argument("--manifest", required=True, metavar="MANIFEST_JSON")
-    p.add_argument("--step", required=True, metavar="NAME")
-    p.add_argument("--output", required=True, metavar="GATE_JSON")
-    p.set_defaults(func=cmd_gate)
-
-    p = subparsers.add_parser("select", help="rank a step's variants and pick the best")
-    p.add_argument("--manifest", required=True, metavar="MANIFEST_JSON")
-    p.add_argument("--step", required=True, metavar="NAME")
-    p.add_argument("--output", required=True, metavar="SELECTED_JSON")
-    p.set_defaults(func=cmd_select)
+    for name, help_, output, func in (
+        ("gate", "quality-gate verdict of one step", "GATE_JSON", cmd_gate),
+        ("select", "rank a step's variants and pick the best", "SELECTED_JSON", cmd_select),
+    ):
+        p = subparsers.add_parser(name, help=help_)
+        p.add_argument("--manifest", required=True, metavar="MANIFEST_JSON")
+        p.add_argument("--step", required=True, metavar="NAME")
+        p.add_argument("--output", required=True, metavar=output)
+        p.set_defaults(func=func)
 
     p = subparsers.add_parser("report", help="write metrics.csv and the HTML report")
     p.add_argument("--manifest", required=True, metavar="MANIFEST_JSON")

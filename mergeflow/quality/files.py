@@ -1,4 +1,4 @@
-"""JSON in and out of the quality commands; every write is atomic."""
+"""Files in and out of the mergeflow commands (quality and pipeline); every write is atomic."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_optional_json(path: str | Path | None) -> Any:
+    """A JSON file a manifest names, or None while it does not exist (that node has not run)."""
+    return read_json(path) if path and Path(path).is_file() else None
+
+
 def write_atomic(path: str | Path, content: str | bytes) -> None:
     """Write via a temp file in the same directory and rename it, so that a crash or a
     concurrent reader never sees half a file (Snakemake treats an existing output as done)."""
@@ -37,5 +42,5 @@ def write_atomic(path: str | Path, content: str | bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_json_atomic(data: Any, path: str | Path) -> None:
+def write_json_atomic(path: str | Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")

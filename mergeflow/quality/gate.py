@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mergeflow.quality.metrics import higher_is_better, split_spec
+from mergeflow.quality.metrics import spec_higher_is_better
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Gate:
 
     @property
     def higher_is_better(self) -> bool:
-        return higher_is_better(split_spec(self.metric)[1])
+        return spec_higher_is_better(self.metric)
 
     def describe(self) -> str:
         """The rule in words, for the report."""
@@ -52,7 +52,7 @@ def parse_gate(block: Mapping[str, Any]) -> Gate:
     if "metric" not in block:
         raise ValueError("gate: 'metric' is required, e.g. demo/exact_match")
     metric = str(block["metric"])
-    higher = higher_is_better(split_spec(metric)[1])
+    higher = spec_higher_is_better(metric)
     floor_key, wrong_key = ("min", "max") if higher else ("max", "min")
     if wrong_key in block:
         direction = "higher" if higher else "lower"

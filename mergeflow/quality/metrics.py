@@ -23,6 +23,12 @@ def higher_is_better(metric: str) -> bool:
     return not any(marker in metric for marker in LOWER_IS_BETTER)
 
 
+def spec_higher_is_better(spec: str) -> bool:
+    """Direction of a ``TASK/METRIC``: its metric part decides (a task named ``*_loss`` may
+    still be scored by accuracy)."""
+    return higher_is_better(split_spec(spec)[1])
+
+
 def improvement(delta: float, metric: str) -> float:
     """A delta turned so that positive always means better."""
     return delta if higher_is_better(metric) else -delta

@@ -58,7 +58,7 @@ from typing import Any
 
 import pandas as pd
 
-from mergeflow.quality.files import read_json, write_atomic
+from mergeflow.quality.files import read_json, read_optional_json, write_atomic
 from mergeflow.quality.gate import parse_gate
 from mergeflow.quality.metrics import (
     higher_is_better,
@@ -66,6 +66,7 @@ from mergeflow.quality.metrics import (
     lookup,
     metrics_table,
     model_label,
+    spec_higher_is_better,
     split_spec,
 )
 from mergeflow.quality.variants import rank
@@ -161,10 +162,6 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
 
 def load_manifest(path: str | Path) -> Manifest:
     return parse_manifest(read_json(path))
-
-
-def read_optional_json(path: str | None) -> Any:
-    return read_json(path) if path and Path(path).is_file() else None
 
 
 def eval_path(manifest: Manifest, name: str) -> str | None:
@@ -351,7 +348,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
     )
 
 
-def fmt_value(value: float, stderr: float, digits: int | None = None) -> str:
+def fmt_value(value: float | None, stderr: float | None, digits: int | None = None) -> str:
     """``0.903 ± 0.012``; just the value where there is no stderr. ``digits`` overrides the
     decimals (a table row printed to one precision)."""
     if value is None or math.isnan(value):
@@ -372,6 +369,11 @@ def fmt_sigmas(sigmas: float) -> str:
     if sigmas is None or math.isnan(sigmas):
         return ""
     return "≥100σ" if sigmas >= 100 else f"{sigmas:.1f}σ"
+
+
+def direction_arrow(metric: str) -> str:
+    """↑ beside a metric where higher is better, ↓ where lower is (losses)."""
+    return "↑" if higher_is_better(metric) else "↓"
 
 
 def arrow(row: Any) -> str:
@@ -431,7 +433,7 @@ def plot_task(
     table: pd.DataFrame,
     task: str,
     kinds: dict[str, str],
-    groups: dict[str, str] | None = None,
+    groups: dict[str, str],
 ) -> bytes:
     """One PNG per task: each of its metrics across the nodes, with stderr bars.
 
@@ -447,7 +449,6 @@ def plot_task(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    groups = groups or {}
     rows = table[table.task == task]
     metrics = list(dict.fromkeys(rows.metric))
     nodes = list(dict.fromkeys(rows.step))
@@ -593,8 +594,8 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def value_cell(value: float, stderr: float, css: str = "", digits: int | None = None) -> str:
-    return f'<td class="{f"num {css}".strip()}">{esc(fmt_value(value, stderr, digits))}</td>'
+def value_cell(value: float, stderr: float, css: str = "") -> str:
+    return f'<td class="{f"num {css}".strip()}">{esc(fmt_value(value, stderr))}</td>'
 
 
 def delta_cell(row: Any) -> str:
@@ -631,7 +632,7 @@ def gate_words(verdict: dict | None) -> tuple[str, str, str]:
     value, threshold = verdict.get("value"), verdict.get("threshold")
     detail = ""
     if value is not None and threshold is not None and not math.isnan(value):
-        higher = higher_is_better(split_spec(str(verdict["metric"]))[1])
+        higher = spec_higher_is_better(str(verdict["metric"]))
         relation = ("≥" if higher else "≤") if verdict.get("passed") else ("<" if higher else ">")
         digits = max(decimals(None, value), decimals(None, threshold))
         detail = f"{fmt(value, digits)} {relation} {fmt(threshold, digits)}"
@@ -859,9 +860,8 @@ def anchor(name: str) -> str:
 class Page:
     """The report's sections, in the order a reader needs them: verdicts first, evidence after."""
 
-    def __init__(self, inputs: ReportInputs, plots: dict[str, bytes]):
-        self.inputs, self.plots, self.m = inputs, plots, inputs.manifest
-        self.table = metrics_table(inputs.results.items())
+    def __init__(self, inputs: ReportInputs, table: pd.DataFrame, plots: dict[str, bytes]):
+        self.inputs, self.table, self.plots, self.m = inputs, table, plots, inputs.manifest
         self.deltas = compare(self.table, self.m)
         self.best_parent = against_best_parent(self.deltas)
         self.headline = headline_metric(self.m, self.table)
@@ -884,10 +884,11 @@ class Page:
         return ""
 
     def value_of(self, name: str, spec: str) -> tuple[float, float] | None:
-        task, metric = split_spec(spec)
-        t = self.table
-        hit = t[(t.step == name) & (t.task == task) & (t.metric == metric)]
-        return (float(hit.value.iloc[0]), float(hit.stderr.iloc[0])) if len(hit) else None
+        """(value, stderr) as :func:`lookup` gives it, or None where the node has no such result."""
+        try:
+            return lookup(self.table, name, spec)
+        except KeyError:
+            return None
 
     def deltas_of(self, name: str, task: str, metric: str) -> dict[str, Any]:
         d = self.deltas
@@ -909,7 +910,7 @@ class Page:
     def html(self) -> str:
         direction = ""
         if self.headline:
-            better = "higher" if higher_is_better(split_spec(self.headline)[1]) else "lower"
+            better = "higher" if spec_higher_is_better(self.headline) else "lower"
             direction = f" ({better} is better)"
         inputs = sum(n.kind == "input" for n in self.m.nodes.values())
         variants = sum(n.kind == "variant" for n in self.m.nodes.values())
@@ -959,11 +960,10 @@ class Page:
             cells.append(value_cell(*hit) if hit else td("missing", "notrun"))
             cells.append(self.parents_cell(node, by_parent))
             rows.append(cells + [gate, self.other_changes(node.name, task, metric)])
-        arrow_ = "↑" if higher_is_better(metric) else "↓"
         headers = [
             "step",
             f"verdict on {self.headline}",
-            f"{self.headline} {arrow_}",
+            f"{self.headline} {direction_arrow(metric)}",
             "Δ vs each parent (size · in noise units σ)",
             "gate",
             "other metrics beyond noise, vs their best parent",
@@ -1035,27 +1035,22 @@ class Page:
         if not self.headline:
             return '<p class="muted">No results yet.</p>'
         task, metric = split_spec(self.headline)
+        scored = {
+            s.name: found for s in self.steps if (found := self.value_of(s.name, self.headline))
+        }
         items = []
         finals = final_steps(self.m)
         for name in finals:
             link = f'<a href="#{anchor(name)}"><b>{esc(name)}</b></a>'
-            hit = self.value_of(name, self.headline)
+            hit = scored.get(name)
             if not self.ran(name) or hit is None:
                 reason = not_run_reason(self.m, name, self.inputs.gates)
                 line = f'Final step {link}: <span class="notrun">{esc(reason)}</span>'
-                last = next(
-                    (
-                        a
-                        for a in self.m.ancestors(name)
-                        if self.m.node(a).kind == "step" and self.value_of(a, self.headline)
-                    ),
-                    None,
-                )
+                last = next((a for a in self.m.ancestors(name) if a in scored), None)
                 if last:
                     line += (
                         f'; the last evaluated step before it is <a href="#{anchor(last)}">'
-                        f"<b>{esc(last)}</b></a> "
-                        f"{esc(fmt_value(*self.value_of(last, self.headline)))}"
+                        f"<b>{esc(last)}</b></a> {esc(fmt_value(*scored[last]))}"
                     )
                 items.append(line)
                 continue
@@ -1067,11 +1062,6 @@ class Page:
                 f'<span class="{css}">{esc(text)}</span>'
             )
         sign = 1.0 if higher_is_better(metric) else -1.0
-        scored = {
-            s.name: self.value_of(s.name, self.headline)
-            for s in self.steps
-            if self.value_of(s.name, self.headline)
-        }
         if scored:
             best = max(scored, key=lambda s: sign * scored[s][0])
             line = (
@@ -1141,16 +1131,15 @@ class Page:
                 continue
             reference = ""
             if verdict.get("reference_step"):
-                digits = decimals(None, verdict.get("reference"))
-                reference = f"{verdict['reference_step']} {fmt(verdict.get('reference'), digits)}"
+                reference = f"{verdict['reference_step']} {fmt_value(verdict.get('reference'), None)}"
             note = "" if verdict.get("passed") else verdict.get("reason", "")
             value, threshold = verdict.get("value"), verdict.get("threshold")
             rows.append(
                 [
                     td(node.name),
                     gate_cell(verdict, numbers=False),
-                    f'<td class="num">{fmt(value, decimals(None, value))}</td>',
-                    f'<td class="num">{fmt(threshold, decimals(None, threshold))}</td>',
+                    f'<td class="num">{fmt_value(value, None)}</td>',
+                    f'<td class="num">{fmt_value(threshold, None)}</td>',
                     td(reference),
                     td("yes" if verdict.get("stop") else "no"),
                     td(note),
@@ -1243,7 +1232,7 @@ class Page:
                         td(f"selected → {node.name}" if name == chosen else "", css),
                     ]
                 )
-            arrow_ = "↑" if higher_is_better(split_spec(metric)[1]) else "↓"
+            arrow_ = direction_arrow(split_spec(metric)[1])
             out.append(f"<h3>{esc(node.name)}: variants ranked by {esc(metric)} {arrow_}</h3>")
             out.append(
                 table_html(
@@ -1292,8 +1281,7 @@ class Page:
                 if (name, task, metric) in indexed.index
             }
             top = max((sign * r.value for r in present.values()), default=None)
-            arrow_ = "↑" if higher_is_better(metric) else "↓"
-            cells = [td(f"{task}/{metric} {arrow_}")]
+            cells = [td(f"{task}/{metric} {direction_arrow(metric)}")]
             for name in inputs + steps:
                 if name in present:
                     r = present[name]
@@ -1382,10 +1370,9 @@ class Page:
         rows = []
         for r in self.table[self.table.step == node.name].itertuples():
             by_parent = self.deltas_of(node.name, r.task, r.metric)
-            arrow_ = "↑" if higher_is_better(r.metric) else "↓"
             cells = [
                 td(r.task),
-                td(f"{r.metric} {arrow_}"),
+                td(f"{r.metric} {direction_arrow(r.metric)}"),
                 value_cell(r.value, r.stderr),
                 f'<td class="num">{esc(r.n)}</td>',
             ]
@@ -1399,9 +1386,10 @@ class Page:
         )
 
 
-def render(inputs: ReportInputs, plots: dict[str, bytes]) -> str:
-    """The HTML page. Plots arrive as PNG bytes and are embedded as data URIs."""
-    return Page(inputs, plots).html()
+def render(inputs: ReportInputs, table: pd.DataFrame, plots: dict[str, bytes]) -> str:
+    """The HTML page from the inputs and their metrics table. Plots arrive as PNG bytes and are
+    embedded as data URIs."""
+    return Page(inputs, table, plots).html()
 
 
 def build(manifest_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -1418,5 +1406,5 @@ def build(manifest_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
         path = out_dir / "plots" / plot_filename(task)
         write_atomic(path, png)
         written[f"plot:{task}"] = path
-    write_atomic(written["html"], render(inputs, plots))
+    write_atomic(written["html"], render(inputs, table, plots))
     return written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from mergeflow.quality.metrics import higher_is_better, split_spec
+from mergeflow.quality.metrics import spec_higher_is_better
 
 
 def rank(values: Mapping[str, float], metric: str) -> list[dict[str, float | str]]:
@@ -14,7 +14,7 @@ def rank(values: Mapping[str, float], metric: str) -> list[dict[str, float | str
     Ties are broken by name so that a rerun picks the same variant; a variant without a value
     (NaN) ranks last rather than winning by accident.
     """
-    sign = -1.0 if higher_is_better(split_spec(metric)[1]) else 1.0
+    sign = -1.0 if spec_higher_is_better(metric) else 1.0
 
     def order(name: str) -> tuple[bool, float, str]:
         missing = math.isnan(values[name])

@@ -100,10 +100,15 @@ def recipe(tmp_path, monkeypatch):
     return write
 
 
+# The file names manifest_dict gives each node's gate and selection, where later commands read them.
+OUTPUTS = {"gate": "gate.json", "select": "selected.json"}
+
+
 def node_command(command: str, step: str, output: str | None = None) -> dict:
-    """Run ``mergeflow gate|select`` for one node of the manifest in the current directory."""
+    """Run ``mergeflow gate|select`` for one node of the manifest in the current directory; by
+    default the result goes where the manifest says gate and report read it."""
     from mergeflow.cli import main
 
-    output = output or f"out/{step}/{command}.json"
+    output = output or f"out/{step}/{OUTPUTS[command]}"
     assert main([command, "--manifest", "manifest.json", "--step", step, "--output", output]) == 0
     return json.loads(Path(output).read_text())

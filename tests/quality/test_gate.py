@@ -67,15 +67,11 @@ def test_stop_only_when_configured_failing_and_not_a_variant():
     assert verdict(lenient, "s", 0.4, {})["stop"] is False
 
 
-def run_gate(step):
-    return node_command("gate", step, f"out/{step}/gate.json")
-
-
 def test_cli_reads_parents_through_the_manifest(recipe):
     recipe()
     # step1 is its selected variant (w75: 0.785); best parent add 0.70 → threshold 0.65
-    node_command("select", "step1", "out/step1/selected.json")
-    result = run_gate("step1")
+    node_command("select", "step1")
+    result = node_command("gate", "step1")
     assert set(result) >= {
         "step",
         "passed",
@@ -92,9 +88,9 @@ def test_cli_reads_parents_through_the_manifest(recipe):
 
 def test_cli_failing_step_exits_zero_and_says_stop(recipe, capsys):
     recipe({"metric": "demo/exact_match", "max_drop": 0.01, "stop": True})
-    node_command("select", "step1", "out/step1/selected.json")
+    node_command("select", "step1")
     # step2 0.77 against its best parent step1 (0.785) minus 0.01
-    result = run_gate("step2")
+    result = node_command("gate", "step2")
     assert not result["passed"] and result["stop"] is True
     assert result["threshold"] == pytest.approx(0.775)
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("step2 failed the gate")
@@ -102,13 +98,13 @@ def test_cli_failing_step_exits_zero_and_says_stop(recipe, capsys):
 
 def test_cli_variant_fails_without_stopping(recipe):
     recipe({"metric": "demo/exact_match", "min": 0.7, "stop": True})
-    result = run_gate("step1--w50")
+    result = node_command("gate", "step1--w50")
     assert not result["passed"] and result["stop"] is False
 
 
 def test_cli_without_gate_passes(recipe):
     recipe({})
-    assert run_gate("step2")["passed"] is True
+    assert node_command("gate", "step2")["passed"] is True
 
 
 def test_cli_unknown_metric_is_an_error(recipe, capsys):

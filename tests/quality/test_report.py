@@ -56,9 +56,9 @@ class Attributes(HTMLParser):
 
 def run_workflow_commands(gate=None, select=True):
     if select:
-        node_command("select", "step1", "out/step1/selected.json")
+        node_command("select", "step1")
     for step in ("step1--w50", "step1--w75", "step1--w90", "step1", "step2"):
-        node_command("gate", step, f"out/{step}/gate.json")
+        node_command("gate", step)
     assert main(["report", "--manifest", "manifest.json", "--out-dir", "report"]) == 0
     return Path("report/index.html").read_text()
 
@@ -85,17 +85,7 @@ def test_metrics_csv_is_tidy_and_covers_every_evaluated_node(recipe):
 
 def test_deltas_and_significance(recipe):
     path = recipe()
-    main(
-        [
-            "select",
-            "--manifest",
-            "manifest.json",
-            "--step",
-            "step1",
-            "--output",
-            "out/step1/selected.json",
-        ]
-    )
+    node_command("select", "step1")
     manifest = load_manifest(path)
     deltas = compare(manifest_table(manifest), manifest)
 
@@ -216,7 +206,7 @@ def section(page, key):
 
 def test_sigmas_say_how_far_beyond_noise_a_delta_is(recipe):
     path = recipe()
-    main(["select", "--manifest", "manifest.json", "--step", "step1", "--output", "out/s.json"])
+    node_command("select", "step1", "out/s.json")
     manifest = load_manifest(path)
     deltas = compare(manifest_table(manifest), manifest).set_index(
         ["step", "parent", "task", "metric"]

@@ -6,6 +6,8 @@ import pytest
 from mergeflow.cli import main
 from mergeflow.quality.variants import rank, select
 
+from .conftest import node_command
+
 
 def names(ranking):
     return [entry["name"] for entry in ranking]
@@ -47,13 +49,7 @@ def test_select_returns_the_winner_and_the_ranking():
 
 def test_cli_selects_from_the_fixture_results(recipe):
     recipe()
-    assert (
-        main(
-            ["select", "--manifest", "manifest.json", "--step", "step1", "--output", "out/sel.json"]
-        )
-        == 0
-    )
-    result = json.loads(open("out/sel.json").read())
+    result = node_command("select", "step1", "out/sel.json")
     assert result["selected"] == "step1--w75"
     assert names(result["ranking"]) == ["step1--w75", "step1--w90", "step1--w50"]
     assert result["ranking"][0]["value"] == pytest.approx(0.785)
@@ -64,8 +60,8 @@ def test_cli_selection_follows_the_select_metric_direction(recipe):
     manifest = json.loads(path.read_text())
     manifest["select"]["step1"]["metric"] = "demo_add_nll/nll"
     path.write_text(json.dumps(manifest))
-    main(["select", "--manifest", "manifest.json", "--step", "step1", "--output", "out/sel.json"])
-    assert json.loads(open("out/sel.json").read())["selected"] == "step1--w90"  # nll 0.35 is lowest
+    result = node_command("select", "step1", "out/sel.json")
+    assert result["selected"] == "step1--w90"  # nll 0.35 is lowest
 
 
 def test_cli_step_without_select_entry_fails(recipe, capsys):

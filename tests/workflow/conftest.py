@@ -25,8 +25,8 @@ from tiny_models import make_model
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: snakemake, snakefmt, mergeflow
 
-RECIPE = """\
-# A gradual merge: two specialists (a weight sweep), then a third model, then a final blend.
+# step1: m1 and m2 in equal parts (test_slurm runs it alone).
+STEP1 = """\
 name: step1
 merge_method: linear
 models:
@@ -34,6 +34,11 @@ models:
     parameters: {weight: 0.5}
   - model: m2
     parameters: {weight: 0.5}
+"""
+
+RECIPE = """\
+# A gradual merge: two specialists (a weight sweep), then a third model, then a final blend.
+""" + STEP1 + """\
 variants:
   a50: {}
   a75:
@@ -93,6 +98,10 @@ class Run:
     returncode: int
     output: str
 
+    @classmethod
+    def of(cls, result: subprocess.CompletedProcess) -> Run:
+        return cls(result.returncode, result.stdout + result.stderr)
+
     @property
     def jobs(self) -> set[str]:
         """Jobs planned (dry run) or run, as ``rule[wildcards]``; the ``all`` target left out."""
@@ -111,12 +120,14 @@ class Run:
         return found
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """This checkout's workflow, run in ``workdir``."""
+    return [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+
+
 def snakemake(workdir: Path, *args: str, env: dict, check: bool = True) -> Run:
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-        env=env, capture_output=True, text=True,
-    )
-    run = Run(result.returncode, result.stdout + result.stderr)
+    result = subprocess.run(snakemake_command(workdir, "--cores", "2", *args), env=env, capture_output=True, text=True)
+    run = Run.of(result)
     if check:
         assert run.returncode == 0, run.output[-4000:]
     return run
@@ -166,30 +177,46 @@ def offline_env(env):
     return {**env, "HF_HUB_OFFLINE": "1"}
 
 
-def write_config(workdir: Path, **overrides) -> dict:
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    config.update(overrides)
+def make_workdir(workdir: Path, recipe: str, local: dict[str, Path], recipe_file: str = "gradual.yaml", **config):
+    """A run directory that has never run: each ``local`` model (name: dir) copied to models/NAME
+    and aliased by its name, ``recipe`` in config/recipes/, and a config reading that directory,
+    plus ``config`` (its ``models`` are further aliases)."""
+    for name, path in local.items():
+        shutil.copytree(path, workdir / "models" / name)
+    (workdir / "config" / "recipes").mkdir(parents=True)
+    (workdir / "config" / "recipes" / recipe_file).write_text(recipe)
+    aliases = {name: f"models/{name}" for name in local} | config.pop("models", {})
+    config = {"recipes": ["config/recipes"], "models": aliases, **config}
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def edit_config(workdir: Path, edit) -> dict:
+    """Apply ``edit`` (a function changing the config dict in place) to workdir's config."""
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return config
+
+
+def write_config(workdir: Path, **overrides) -> dict:
+    return edit_config(workdir, lambda config: config.update(overrides))
 
 
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory, models, hub, env):
     """A finished run of the three-step recipe: the state every caching test starts from."""
     workdir = tmp_path_factory.mktemp("baseline")
-    for name in ("base", "m1", "m2"):
-        shutil.copytree(models[name], workdir / "models" / name)
     hub.hub.commit("org/m3", {**model_files(models["m3"]), **HUB_EXTRAS}, "initial")
     (workdir / "tasks").mkdir()
     data = workdir / "tasks" / "tiny.jsonl"
     data.write_text('{"prompt": "1+2=", "answer": "3"}\n{"prompt": "<ab>=", "answer": "ba"}\n')
     (workdir / "tasks" / "tiny.yaml").write_text(TASK.format(data=data))
-    (workdir / "config" / "recipes").mkdir(parents=True)
-    (workdir / "config" / "recipes" / "gradual.yaml").write_text(RECIPE)
-    (workdir / "config" / "config.yaml").write_text("recipes: [config/recipes]\n")
-    write_config(
+    make_workdir(
         workdir,
-        models={"base": "models/base", "m1": "models/m1", "m2": "models/m2", "m3": "org/m3"},
+        RECIPE,
+        {name: models[name] for name in ("base", "m1", "m2")},
+        models={"m3": "org/m3"},
         evaluation={"tasks": ["tiny"], "include_path": "tasks"},
         gate={"metric": "tiny/exact_match", "max_drop": 0.05, "stop": True},
     )

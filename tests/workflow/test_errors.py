@@ -3,12 +3,9 @@ one line naming the key or file, and nothing is written."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-import yaml
 
-from conftest import RECIPE, snakemake
+from conftest import RECIPE, edit_config, make_workdir, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -16,24 +13,13 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture
 def fresh(tmp_path, models):
     """A workdir with local models and a valid config that has never run."""
-    for name in ("base", "m1", "m2", "m3"):
-        shutil.copytree(models[name], tmp_path / "models" / name)
-    (tmp_path / "config" / "recipes").mkdir(parents=True)
-    (tmp_path / "config" / "recipes" / "gradual.yaml").write_text(RECIPE)
-    config = {
-        "recipes": ["config/recipes"],
-        "models": {name: f"models/{name}" for name in ("base", "m1", "m2", "m3")},
-        "gate": {"metric": "tiny/exact_match", "max_drop": 0.05, "stop": True},
-    }
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    make_workdir(
+        tmp_path,
+        RECIPE,
+        {name: models[name] for name in ("base", "m1", "m2", "m3")},
+        gate={"metric": "tiny/exact_match", "max_drop": 0.05, "stop": True},
+    )
     return tmp_path
-
-
-def configure(workdir, edit) -> None:
-    path = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    edit(config)
-    path.write_text(yaml.safe_dump(config))
 
 
 def fails(workdir, env, *args) -> str:
@@ -62,7 +48,7 @@ def test_valid_config_plans_the_whole_workflow(fresh, offline_env):
     ],
 )
 def test_bad_config_key_fails_naming_it(fresh, offline_env, edit, key):
-    configure(fresh, edit)
+    edit_config(fresh, edit)
     output = fails(fresh, offline_env)
     assert key in output and "ValidationError" in output
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO, Run, write_config
+from conftest import REPO, STEP1, Run, make_workdir, snakemake_command
 
 pytestmark = pytest.mark.workflow
 
@@ -37,16 +37,6 @@ MARKER = "# Written by mergeflow's tests/workflow/test_slurm.py for the length o
 PARTITION = "mergeflow"  # not the cluster's default partition: the profile's choice must show
 MINUTES = {"merge": 7, "evaluate": 9}  # runtimes the test config sets; the profile default is 30
 SNAKEMAKE_LIMIT = 420  # seconds before the run is interrupted (SIGINT: Snakemake cancels its jobs)
-
-RECIPE = """\
-name: step1
-merge_method: linear
-models:
-  - model: m1
-    parameters: {weight: 0.5}
-  - model: m2
-    parameters: {weight: 0.5}
-"""
 
 
 def program(name: str) -> str | None:
@@ -255,15 +245,12 @@ def slurm_run(cluster, models, offline_env, tmp_path_factory):
     """One run of step1 (merge of m1 and m2) and its evaluation through profiles/slurm, with
     ``--set-resources merge:gpu=1``: the merge still runs on CPU, but asks SLURM for a GPU."""
     workdir = tmp_path_factory.mktemp("slurm_work")
-    for name in ("m1", "m2"):
-        shutil.copytree(models[name], workdir / "models" / name)
-    (workdir / "config" / "recipes").mkdir(parents=True)
-    (workdir / "config" / "recipes" / "step1.yaml").write_text(RECIPE)
-    (workdir / "config" / "config.yaml").write_text("recipes: [config/recipes]\n")
     threads = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
-    write_config(
+    make_workdir(
         workdir,
-        models={"m1": "models/m1", "m2": "models/m2"},
+        STEP1,
+        {name: models[name] for name in ("m1", "m2")},
+        "step1.yaml",
         merge={"threads": threads, "runtime": MINUTES["merge"]},
         evaluation={  # one document of one of the embedded demo tasks
             "tasks": ["demo_add"],
@@ -279,17 +266,19 @@ def slurm_run(cluster, models, offline_env, tmp_path_factory):
     (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
 
     started = time.monotonic()
+    command = snakemake_command(
+        workdir,
+        "--profile", str(workdir / "profile"),
+        "--set-resources", "merge:gpu=1",
+        # For the test only: check status after 2 s, not 20 (MinJobAge=600 allows it).
+        "--slurm-init-seconds-before-status-checks", "2",
+        "results/step1/eval/results.json",
+    )
     result = subprocess.run(
-        ["timeout", "-s", "INT", "-k", "60", str(SNAKEMAKE_LIMIT), str(BIN / "snakemake"),
-         "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-         "--profile", str(workdir / "profile"),
-         "--set-resources", "merge:gpu=1",
-         # For the test only: check status after 2 s, not 20 (MinJobAge=600 allows it).
-         "--slurm-init-seconds-before-status-checks", "2",
-         "results/step1/eval/results.json"],
+        ["timeout", "-s", "INT", "-k", "60", str(SNAKEMAKE_LIMIT), *command],
         cwd=workdir, env=offline_env, capture_output=True, text=True, timeout=SNAKEMAKE_LIMIT + 90,
     )
-    run = Run(result.returncode, result.stdout + result.stderr)
+    run = Run.of(result)
     seconds = time.monotonic() - started
     assert run.returncode == 0, f"{run.output[-6000:]}\n{cluster.logs()}"
     print(f"snakemake through SLURM: {seconds:.1f} s")

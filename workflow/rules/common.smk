@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from mergeflow.pipeline.fingerprint import file_stats
 from mergeflow.pipeline.hub import ensure_locked
 from mergeflow.pipeline.recipes import PipelineError, Plan
+from mergeflow.quality.files import read_json
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -67,6 +68,12 @@ def pending_gate(step):
     return None
 
 
+def read_then_ancient(reads, others):
+    """``reads`` as they are, then the ``others`` not among them flagged ancient(), each once."""
+    reads = list(dict.fromkeys(reads))
+    return reads + [ancient(f) for f in dict.fromkeys(others) if f not in reads]
+
+
 def depends(name, reads, also=()):
     """The input of a job about node ``name``: ``reads``, the files whose content it uses, then
     every other checkpoint output upstream of it flagged ancient(), then the gates that could
@@ -79,12 +86,8 @@ def depends(name, reads, also=()):
     downstream. ancient() keeps the listed files from triggering reruns by their mtime, so only
     ``reads`` decide. A pending gate is the one checkpoint listed plainly: jobs wait for it.
     """
-    upstream = [f for a in PLAN.ancestors(name) for f in checkpoint_outputs(a)] + list(
-        also
-    )
-    files = list(reads) + [
-        ancient(f) for f in dict.fromkeys(upstream) if f not in reads
-    ]
+    upstream = [f for a in PLAN.ancestors(name) for f in checkpoint_outputs(a)]
+    files = read_then_ancient(reads, upstream + list(also))
     if STOP:
         files += [gate for gate in map(pending_gate, PLAN.step_ancestors(name)) if gate]
     return files
@@ -107,7 +110,7 @@ def gate_verdict(step):
     """``step``'s gate JSON once it has run, else None."""
     if pending_gate(step):
         return None
-    return json.loads(Path(PLAN.path(step, "gate")).read_text())
+    return read_json(PLAN.path(step, "gate"))
 
 
 def stopped_by(name):
@@ -140,13 +143,11 @@ def reached_targets():
 
 def report_inputs():
     """The results the report reads; it lists stopped steps as not run."""
-    reads = list(
-        dict.fromkeys(f for n in reached() for f in eval_files(n) + gate_files(n))
+    names = reached()
+    return read_then_ancient(
+        [f for n in names for f in eval_files(n) + gate_files(n)],
+        [f for n in names for f in checkpoint_outputs(n)],
     )
-    others = dict.fromkeys(
-        f for n in reached() for f in checkpoint_outputs(n) if f not in reads
-    )
-    return reads + [ancient(f) for f in others]
 
 
 def upload_steps():
@@ -159,10 +160,11 @@ def upload_steps():
 def upload_targets():
     if not UPLOAD["enabled"]:
         return []
-    unknown = sorted(set(upload_steps()) - {s.name for s in PLAN.steps})
+    steps = upload_steps()
+    unknown = sorted(set(steps) - {s.name for s in PLAN.steps})
     if unknown:
         raise WorkflowError(f"upload.steps: no such step(s): {', '.join(unknown)}")
-    wanted = [s for s in upload_steps() if not stopped_by(s)]
+    wanted = [s for s in steps if not stopped_by(s)]
     if GATE:  # never publish a step that failed its own gate
         wanted = [s for s in wanted if (gate_verdict(s) or {}).get("passed", True)]
     return [f"results/{step}/upload.json" for step in wanted]
@@ -190,10 +192,12 @@ def model_mb(name):
     """Approximate size of a model in MB: from the lock, a local dir, or (merged) its largest parent."""
     if name in PLAN.inputs and PLAN.inputs[name].is_hub:
         files = LOCK[PLAN.inputs[name].lock_key]["files"].values()
-        return sum(f["size"] or 0 for f in files) // 2**20 + 1
-    if name in LOCAL_STATS:
-        return sum(size for size, _ in LOCAL_STATS[name].values()) // 2**20 + 1
-    return max(model_mb(parent) for parent in PLAN.nodes[name].parents)
+        sizes = [f["size"] or 0 for f in files]
+    elif name in LOCAL_STATS:
+        sizes = [size for size, _ in LOCAL_STATS[name].values()]
+    else:
+        return max(model_mb(parent) for parent in PLAN.nodes[name].parents)
+    return sum(sizes) // 2**20 + 1
 
 
 def merge_options():
