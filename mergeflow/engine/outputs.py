@@ -6,12 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 import yaml
 
 from mergeflow import __version__
 from mergeflow.engine.architecture import layer_count_key
-from mergeflow.engine.config import MergeConfig, ModelRef
+from mergeflow.engine.config import DTYPES, MergeConfig, ModelRef
 from mergeflow.methods import MethodSpec
 
 # Copied from the donor when it has a tokenizer (mergekit-semantics §10.5).
@@ -21,10 +20,7 @@ TOKENIZER_FILES = (
     "generation_config.json", "video_preprocessor_config.json",
 )
 PROVENANCE_FILE = "provenance.json"
-_DTYPE_NAMES = {dtype: name for name, dtype in {
-    "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-    "float64": torch.float64, "int64": torch.int64,
-}.items()}
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def write_model_config(out: Path, donor_config: dict, config: MergeConfig, layer_sources: list[int] | None) -> None:
@@ -48,15 +44,14 @@ def write_model_config(out: Path, donor_config: dict, config: MergeConfig, layer
     (out / "config.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
-def copy_tokenizer(donor: Path, out: Path) -> list[str]:
+def copy_tokenizer(donor: Path, out: Path) -> None:
     if not (donor / "tokenizer_config.json").is_file():
-        return []
+        return
     if not ((donor / "tokenizer.json").is_file() or (donor / "tokenizer.model").is_file()):
-        return []
-    copied = [name for name in TOKENIZER_FILES if (donor / name).is_file()]
-    for name in copied:
-        shutil.copyfile(donor / name, out / name)
-    return copied
+        return
+    for name in TOKENIZER_FILES:
+        if (donor / name).is_file():
+            shutil.copyfile(donor / name, out / name)
 
 
 def is_hub_reference(ref: ModelRef) -> bool:
@@ -65,7 +60,7 @@ def is_hub_reference(ref: ModelRef) -> bool:
     return not path.startswith(("/", "~", ".")) and path.count("/") <= 1 and not Path(path).exists()
 
 
-def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec, donor: ModelRef) -> None:
+def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec) -> None:
     base = config.base_model
     hub_models = [str(r) for r in config.referenced_models() if is_hub_reference(r)]
     front = yaml.dump({"base_model": hub_models, "library_name": "transformers", "tags": ["mergekit", "merge", "mergeflow"]})

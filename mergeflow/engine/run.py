@@ -63,7 +63,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         if options.copy_tokenizer:
             copy_tokenizer(donor.path, staging)
         if options.write_model_card:
-            write_model_card(staging, Path(out).name, config, method, plan.donor)
+            write_model_card(staging, Path(out).name, config, method)
             (staging / "mergekit_config.yml").write_text(config.text)
         record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
         write_provenance(staging, record)
