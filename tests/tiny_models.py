@@ -45,6 +45,15 @@ def _config(arch: str, layers: int, vocab: int, tied: bool):
         return tf.GemmaConfig(head_dim=hidden // heads, **llama_like)
     if arch == "phi3":
         return tf.Phi3Config(**llama_like, pad_token_id=0)
+    if arch == "mixtral":
+        return tf.MixtralConfig(head_dim=hidden // heads, sliding_window=None, num_local_experts=4, num_experts_per_tok=2, **llama_like)
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeConfig(head_dim=hidden // heads, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2, **llama_like)
+    if arch == "glm4_moe":
+        return tf.Glm4MoeConfig(
+            head_dim=hidden // heads, moe_intermediate_size=16, n_routed_experts=4, num_experts_per_tok=2,
+            n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, **llama_like,
+        )
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=64, **common)
     if arch == "gpt_neox":

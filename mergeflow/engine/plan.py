@@ -28,6 +28,7 @@ from mergeflow.engine.architecture import Architecture, infer_architecture, laye
 from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import MergeConfig, ModelRef, OutputSlice, Source
 from mergeflow.engine.errors import ConfigError, PreflightError
+from mergeflow.engine.views import order_label
 from mergeflow.engine.writer import TensorSlot
 from mergeflow.methods import MethodSpec, Scope
 
@@ -38,6 +39,7 @@ log = logging.getLogger("mergeflow")
 class InputTensor:
     model: ModelRef
     name: str
+    order_label: str  # where mergekit schedules its load (views.order_label); usually the name
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class TensorTask:
 
     @property
     def order_key(self) -> str:
-        return max(i.name for i in self.inputs)
+        return max(i.order_label for i in self.inputs)
 
 
 @dataclass
@@ -228,7 +230,7 @@ class _Planner:
         missing = [f"{src.model} lacks {name}" for (src, name), (_, found) in zip(wanted, present) if found is None]
         if missing:
             raise PreflightError(f"tensor {output_name}: {'; '.join(missing)}")
-        inputs = tuple(InputTensor(src.model, found) for src, found in present)
+        inputs = tuple(InputTensor(src.model, found, order_label(self.checkpoints[src.model], found)) for src, found in present)
         base_index = next((i for i, (src, _) in enumerate(present) if src.model == base), None)
         shared = self._shared_levels(sl)
         context = f"tensor {output_name}"

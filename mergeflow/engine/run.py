@@ -15,6 +15,7 @@ from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
 from mergeflow.engine.errors import ConfigError
 from mergeflow.engine.execute import execute
+from mergeflow.engine.layouts import convert_layout
 from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
 from mergeflow.engine.plan import build_plan
 from mergeflow.engine.references import file_sha256, identity, resolve_model
@@ -48,7 +49,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
-    checkpoints = {ref: Checkpoint(path, str(ref)) for ref, path in paths.items()}
+    checkpoints = {ref: convert_layout(Checkpoint(path, str(ref))) for ref, path in paths.items()}
     plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
     seed = options.random_seed if options.random_seed is not None else secrets.randbelow(2**31)
     if options.random_seed is None:
