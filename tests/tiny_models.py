@@ -94,3 +94,19 @@ def make_model(
     model.save_pretrained(path, **kwargs)
     save_tokenizer(path)
     return path
+
+
+def make_lora_adapter(path: Path, base: Path, seed: int, *, dtype: torch.dtype = torch.float32, **lora_config) -> Path:
+    """Save a PEFT LoRA adapter for ``base`` with random (nonzero) factors, stored in ``dtype``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(**lora_config))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.05)  # small factors, as trained adapters have
+    peft_model.to(dtype).save_pretrained(path)
+    return path

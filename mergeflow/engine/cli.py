@@ -23,8 +23,7 @@ NO_EFFECT = {
     "read_to_gpu": "--read-to-gpu has no effect: tensors are read on the CPU and moved to --device for the math",
     "multi_gpu": "--multi-gpu has no effect: mergeflow merges on one device, which keeps seeded results reproducible",
     "async_write": "--async-write has no effect: shards are streamed tensor by tensor",
-    "lora_merge_cache": "--lora-merge-cache has no effect: model+lora references are not supported yet",
-    "lora_merge_dtype": "--lora-merge-dtype has no effect: model+lora references are not supported yet",
+    "lora_merge_cache": "--lora-merge-cache has no effect: LoRA adapters are applied tensor by tensor while merging, so no merged copy of the base is written or reused",
 }
 
 
@@ -40,8 +39,8 @@ def register(subparsers) -> None:
     flag = argparse.BooleanOptionalAction
     p.add_argument("--allow-crimes", action=flag, default=False, help="allow merging different architectures")
     p.add_argument("--transformers-cache", default=None, help="cache_dir for Hub downloads")
-    p.add_argument("--lora-merge-cache", default=None)
-    p.add_argument("--lora-merge-dtype", default=None)
+    p.add_argument("--lora-merge-cache", default=None, help="accepted for mergekit compatibility; nothing is cached")
+    p.add_argument("--lora-merge-dtype", default=None, help="dtype model+lora references are loaded and merged in (default: as stored)")
     p.add_argument("--cuda", action=flag, default=False, help="do the math on cuda (unless --device is given)")
     p.add_argument("--device", default=None, help="device for the math: cpu, cuda, cuda:N, auto (default cpu)")
     p.add_argument("--low-cpu-memory", action=flag, default=False)
@@ -114,12 +113,25 @@ def merge_command(args) -> int:
             transformers_cache=args.transformers_cache,
             num_threads=args.num_threads,
             progress=not args.quiet,
+            lora_merge_dtype=_lora_dtype(args.lora_merge_dtype),
         )
         run_merge(text, args.out, options)
     except MergeflowError as err:
         print(f"mergeflow merge: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _lora_dtype(name: str | None):
+    from mergeflow.engine.config import DTYPES
+
+    if name is None:
+        return None
+    dtype = DTYPES.get(name.removeprefix("torch."))
+    if dtype is None or not dtype.is_floating_point:
+        names = ", ".join(n for n, d in DTYPES.items() if d.is_floating_point)
+        raise MergeflowError(f"--lora-merge-dtype: unknown dtype {name!r}; use one of {names}")
+    return dtype
 
 
 def _shard_size(text: str) -> int:

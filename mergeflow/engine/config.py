@@ -41,13 +41,21 @@ MOE_KEYS = {"experts", "gate_mode", "experts_per_token", "shared_experts"}
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model as the config names it: a local path or a Hub repo, optionally at a revision."""
+    """A model as the config names it: a local path or a Hub repo, optionally at a revision, and
+    optionally a PEFT LoRA adapter (itself a path or repo at a revision) applied on top."""
 
     path: str
     revision: str | None = None
+    lora: ModelRef | None = None
+
+    @property
+    def base(self) -> ModelRef:
+        """The model without its adapter."""
+        return ModelRef(self.path, self.revision)
 
     def __str__(self) -> str:
-        return f"{self.path}@{self.revision}" if self.revision else self.path
+        text = f"{self.path}@{self.revision}" if self.revision else self.path
+        return f"{text}+{self.lora}" if self.lora else text
 
 
 @dataclass(frozen=True)
@@ -212,15 +220,28 @@ def _layer_range(value: Any, key: str) -> tuple[int, int]:
 
 
 def _model_ref(value: Any, key: str) -> ModelRef:
-    """Accept ``path[@rev]`` strings and the dict forms ``{path, revision}`` / ``{model: ..., lora: ...}``."""
+    """A model reference in mergekit's forms (§2.2): ``PATH[@REV][+LORA[@REV]]``, or
+    ``{model: PATH | {path, revision}, lora: ..., override_architecture: ...}``, or ``{path, revision}``."""
+    if isinstance(value, dict) and "model" in value:
+        _warn_unknown(value, {"model", "lora", "override_architecture"}, f"{key}.")
+        if value.get("override_architecture"):
+            raise ConfigError(f"{key}.override_architecture", "is not supported yet")
+        model = _model_path(value["model"], f"{key}.model")
+        lora = _model_path(value["lora"], f"{key}.lora") if value.get("lora") is not None else None
+        return ModelRef(model.path, model.revision, lora)
+    if isinstance(value, str):
+        parts = value.split("+")
+        if len(parts) > 2:
+            raise ConfigError(key, f"expected MODEL or MODEL+LORA, with at most one '+' (got {value!r})")
+        model = _model_path(parts[0], key)
+        lora = _model_path(parts[1], key) if len(parts) == 2 else None
+        return ModelRef(model.path, model.revision, lora)
+    return _model_path(value, key)
+
+
+def _model_path(value: Any, key: str) -> ModelRef:
+    """One path or Hub repo, optionally at a revision: ``PATH[@REV]`` or ``{path, revision}``."""
     if isinstance(value, dict):
-        if value.get("lora") is not None:
-            raise ConfigError(key, "model+lora references are not supported yet")
-        if "model" in value:
-            _warn_unknown(value, {"model", "lora", "override_architecture"}, f"{key}.")
-            if value.get("override_architecture"):
-                raise ConfigError(f"{key}.override_architecture", "is not supported yet")
-            return _model_ref(value["model"], f"{key}.model")
         if isinstance(value.get("path"), str) and value["path"]:
             _warn_unknown(value, {"path", "revision"}, f"{key}.")
             revision = value.get("revision")
@@ -228,8 +249,6 @@ def _model_ref(value: Any, key: str) -> ModelRef:
         raise ConfigError(key, f"expected a model path or {{path, revision}} (got {value!r})")
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(key, f"expected a model path or Hub repo (got {value!r})")
-    if "+" in value:
-        raise ConfigError(key, f"model+lora references are not supported yet (got {value!r})")
     path, sep, revision = value.partition("@")
     if "@" in revision or (sep and not revision) or not path:
         raise ConfigError(key, f"expected PATH or PATH@REVISION (got {value!r})")

@@ -14,6 +14,7 @@ from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import ModelRef
 from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
+from mergeflow.engine.views import replay_draws
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
 
@@ -34,6 +35,8 @@ def execute(
     which keeps memory bounded. Only the math thread draws random numbers, in plan order.
     """
     torch.manual_seed(seed)
+    for checkpoint in checkpoints.values():
+        replay_draws(checkpoint)  # mergekit prepares model+lora inputs after seeding
     math_device = torch.device(device if method.uses_accelerator else "cpu")
     tasks = plan.tasks
 

@@ -25,20 +25,22 @@ def fetch_patterns(repo_files: list[str]) -> list[str]:
     return [*HUB_PATTERNS, "*.bin"]
 
 
-def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
+def resolve_model(ref: ModelRef, cache_dir: str | None = None, kind: str = "model") -> Path:
+    """The local directory of ``ref`` (a model, or with ``kind='adapter'`` a LoRA adapter);
+    a ``model+lora`` reference resolves to its base model here, its adapter through ``ref.lora``."""
     local = Path(ref.path).expanduser()
     if local.exists():
         if ref.revision:
-            raise PreflightError(f"model {ref}: a local path cannot take a revision")
+            raise PreflightError(f"{kind} {ref.base}: a local path cannot take a revision")
         if not local.is_dir():
-            raise PreflightError(f"model {ref}: not a directory")
+            raise PreflightError(f"{kind} {ref.base}: not a directory")
         return local.resolve()
     if ref.path.startswith(("/", "./", "../", "~")) or ref.path.count("/") > 1:
-        raise PreflightError(f"model {ref}: local path does not exist")
-    return _download(ref, cache_dir)
+        raise PreflightError(f"{kind} {ref.base}: local path does not exist")
+    return _download(ref.base, cache_dir, kind)
 
 
-def _download(ref: ModelRef, cache_dir: str | None) -> Path:
+def _download(ref: ModelRef, cache_dir: str | None, kind: str) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -49,11 +51,12 @@ def _download(ref: ModelRef, cache_dir: str | None) -> Path:
             patterns = list(HUB_PATTERNS)  # offline: the safetensors files a warm cache holds
         return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=patterns, cache_dir=cache_dir))
     except Exception as err:  # huggingface_hub raises many types; the user needs one line
-        raise PreflightError(f"model {ref}: not a local directory and not fetchable from the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise PreflightError(f"{kind} {ref}: not a local directory and not fetchable from the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def identity(ref: ModelRef, path: Path) -> str:
-    """``repo@commit`` for Hub snapshots (the snapshot folder is the commit), else the absolute path."""
+    """``repo@commit`` for Hub snapshots (the snapshot folder is the commit), else the absolute path
+    (of the base model, for a ``model+lora`` reference)."""
     parts = path.parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
         return f"{ref.path}@{parts[-1]}"

@@ -16,6 +16,7 @@ from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
 from mergeflow.engine.errors import ConfigError
 from mergeflow.engine.execute import execute
 from mergeflow.engine.layouts import convert_layout
+from mergeflow.engine.lora import apply_adapter
 from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
 from mergeflow.engine.plan import build_plan
 from mergeflow.engine.references import file_sha256, identity, resolve_model
@@ -37,6 +38,7 @@ class MergeOptions:
     transformers_cache: str | None = None
     num_threads: int | None = None
     progress: bool = True
+    lora_merge_dtype: torch.dtype | None = None  # dtype a model+lora reference is merged in
 
 
 def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
@@ -49,14 +51,15 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
-    checkpoints = {ref: convert_layout(Checkpoint(path, str(ref))) for ref, path in paths.items()}
+    adapters = {ref: resolve_model(ref.lora, options.transformers_cache, "adapter") for ref in paths if ref.lora}
+    checkpoints = {ref: _open(ref, path, adapters.get(ref), options.lora_merge_dtype) for ref, path in paths.items()}
     plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
     seed = options.random_seed if options.random_seed is not None else secrets.randbelow(2**31)
     if options.random_seed is None:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
 
     with ThreadPoolExecutor(1, "mergeflow-hash") as hasher, atomic_directory(out) as staging:
-        inputs = hasher.submit(_input_records, paths, checkpoints)  # hashes while the merge runs
+        inputs = hasher.submit(_input_records, paths, adapters, checkpoints)  # hashes while the merge runs
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
         donor = checkpoints[plan.donor]
@@ -71,17 +74,32 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     return record
 
 
-def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint]) -> list[dict]:
-    """Each input's identity and the sha256 of every file the merge reads from it."""
+def _open(ref: ModelRef, path: Path, adapter: Path | None, lora_dtype: torch.dtype | None):
+    """A model's tensors as mergekit merges them: legacy layouts converted, then its LoRA applied
+    (PEFT addresses the converted module names), both lazily, tensor by tensor."""
+    checkpoint = convert_layout(Checkpoint(path, str(ref.base)))
+    return apply_adapter(checkpoint, adapter, str(ref.lora), lora_dtype) if adapter is not None else checkpoint
+
+
+def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], checkpoints: dict) -> list[dict]:
+    """Each input's identity and the sha256 of every file the merge reads from it (its adapter's too)."""
     records = []
     for ref, path in paths.items():
-        read = [*checkpoints[ref].files, path / "config.json"]
+        checkpoint = checkpoints[ref]
+        read = [*(checkpoint.inner.files if ref.lora else checkpoint.files), path / "config.json"]
         read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") if (path / n).is_file()]
-        records.append({
+        record = {
             "reference": str(ref),
             "identity": identity(ref, path),
             "files": {f.name: file_sha256(f) for f in read},
-        })
+        }
+        if ref.lora:
+            record["lora"] = {
+                "reference": str(ref.lora),
+                "identity": identity(ref.lora, adapters[ref]),
+                "files": {f.name: file_sha256(f) for f in checkpoint.adapter.files},
+            }
+        records.append(record)
     return records
 
 
@@ -98,6 +116,7 @@ def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: l
             "allow_crimes": options.allow_crimes,
             "unsafe_truncate_embeddings": options.unsafe_truncate_embeddings,
             "out_shard_size": options.out_shard_size,
+            "lora_merge_dtype": str(options.lora_merge_dtype).removeprefix("torch.") if options.lora_merge_dtype else None,
         },
         "torch_version": torch.__version__,
         "inputs": inputs,

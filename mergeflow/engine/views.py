@@ -43,6 +43,10 @@ class CheckpointView:
     def order_label(self, name: str) -> str:
         return order_label(self.inner, name)
 
+    def replay_draws(self) -> None:
+        """Advance torch's generator as mergekit does while preparing this model (see ``lora``)."""
+        replay_draws(self.inner)
+
     def load(self, name: str) -> torch.Tensor:
         return self.inner.load(name)
 
@@ -52,3 +56,8 @@ def order_label(checkpoint, name: str) -> str:
     view derives (``layouts``), whose label is empty. A merge task runs at the largest label of
     its inputs (§6), so this decides where seeded methods draw their random numbers."""
     return checkpoint.order_label(name) if isinstance(checkpoint, CheckpointView) else name
+
+
+def replay_draws(checkpoint) -> None:
+    if isinstance(checkpoint, CheckpointView):
+        checkpoint.replay_draws()

@@ -19,10 +19,14 @@ def mergekit_merge(text: str, out: Path, seed: int = 7, **options) -> Path:
     """The oracle: mergekit 0.1.5 through its Python API (a test dependency only)."""
     import yaml
     from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions as MkOptions
     from mergekit.merge import run_merge as mk_run_merge
 
     config = MergeConfiguration.model_validate(yaml.safe_load(text))
+    # mergekit keeps one loader per model reference for the whole process, so a model+lora
+    # reference would keep the merged copy (and --lora-merge-dtype) of its first run.
+    LoaderCache.loaders.clear()
     mk_run_merge(config, str(out), MkOptions(random_seed=seed, write_model_card=False, quiet=True, **options), config_source=text)
     return out
 

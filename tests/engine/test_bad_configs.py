@@ -35,7 +35,7 @@ BAD = {
     ),
     "moe": ("merge_method: moe\nbase_model: {base}\nexperts:\n  - source_model: {m1}\n    positive_prompts: [math]\n", "mergekit-moe"),
     "tokenizer": ("merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: {m1}\n", "config key 'tokenizer_source': tokenizer merging is not supported yet"),
-    "lora": ("merge_method: linear\nmodels:\n  - model: {m1}+some/lora\n", "config key 'models[0].model': model+lora references are not supported yet"),
+    "lora": ("merge_method: linear\nmodels:\n  - model: {m1}+/no/such/lora\n    parameters: {{weight: 1}}\n", "adapter /no/such/lora: local path does not exist"),
     "missing_weight": ("merge_method: linear\nmodels:\n  - model: {m1}\n  - model: {m2}\n", "config key 'models[0].parameters.weight': missing required parameter 'weight'"),
     "weight_type": ("merge_method: linear\nmodels:\n  - model: {m1}\n    parameters: {{weight: heavy}}\n", "config key 'models[0].parameters.weight': expected a float"),
     "layer_range": (
