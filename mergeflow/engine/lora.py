@@ -9,7 +9,8 @@ of PEFT 0.21's merge, and every other tensor passes through.
 - Load dtype: with ``--lora-merge-dtype`` every floating tensor is cast to it (from_pretrained's
   ``dtype``); without it, tensors keep their stored dtype, as transformers 5 loads them.
 - PEFT keeps LoRA factors in float32 for half-precision bases (``autocast_adapter_dtype``), else in
-  the base dtype, and computes ``delta = transpose(B @ A, fan_in_fan_out) * scaling`` in that dtype.
+  the base dtype, and computes ``delta = transpose(B @ A, fan_in_fan_out) * scaling`` in that dtype
+  (``fan_in_fan_out`` holds exactly for Conv1D modules, such as GPT-2's).
 - A linear weight is updated in place, ``W += delta`` (one rounding to W's dtype); an embedding gets
   ``W += delta.to(W.dtype)``; ``lora_bias`` adds ``B.bias * scaling`` to the bias.
 - ``scaling`` is ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``, with ``r`` and ``alpha``
@@ -36,12 +37,16 @@ from mergeflow.engine.views import CheckpointView, replay_draws
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_PREFIX = "base_model.model."
-# transformers' Conv1D stores weights as [in, out]; PEFT always merges those with fan_in_fan_out.
-CONV1D_MODEL_TYPES = {"gpt2"}
+# Modules that are transformers' Conv1D (weights stored [in, out]), by model type. PEFT decides
+# fan_in_fan_out by module class, whatever the adapter config says: on for Conv1D, off for Linear.
+CONV1D_MODULES = {
+    "gpt2": ("attn.c_attn", "attn.c_proj", "attn.q_attn", "mlp.c_fc", "mlp.c_proj"),
+    "openai-gpt": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+}
 UNSUPPORTED_CONFIG = {
-    "use_dora": "DoRA adapters",
+    "use_dora": "DoRA",
     "target_parameters": "LoRA on raw parameters (target_parameters)",
-    "layer_replication": "adapters with layer_replication",
+    "layer_replication": "layer replication",
     "trainable_token_indices": "trainable token adapters",
 }
 
@@ -174,20 +179,21 @@ class LoraCheckpoint(CheckpointView):
             raise PreflightError(f"adapter {label}: peft_type {peft_type!r} is not supported (only LORA adapters are)")
         for key, what in UNSUPPORTED_CONFIG.items():
             if config.get(key):
-                raise PreflightError(f"adapter {label}: {what} are not supported yet ({key} is set in {ADAPTER_CONFIG})")
+                raise PreflightError(f"adapter {label}: not supported yet: {what} ({key} is set in {ADAPTER_CONFIG})")
 
     def _plan(self) -> None:
-        fan_in_fan_out = bool(self.adapter.config.get("fan_in_fan_out")) or self.config.get("model_type") in CONV1D_MODEL_TYPES
+        conv1d = CONV1D_MODULES.get(self.config.get("model_type"), ())
         keys = set(self.adapter.headers)
         for key in sorted(keys):
             name = key.removeprefix(PEFT_PREFIX)
             if name.endswith(".lora_A.weight"):
                 module = name.removesuffix(".lora_A.weight")
-                bias = f"{PEFT_PREFIX}{module}.lora_B.bias"
-                self._add_update(module, key, f"{PEFT_PREFIX}{module}.lora_B.weight", fan_in_fan_out, False, bias if bias in keys else None)
+                stem = key.removesuffix("lora_A.weight")
+                bias = f"{stem}lora_B.bias" if f"{stem}lora_B.bias" in keys else None
+                self._add_update(module, key, f"{stem}lora_B.weight", module.endswith(conv1d), False, bias)
             elif name.endswith(".lora_embedding_A"):
                 module = name.removesuffix(".lora_embedding_A")
-                self._add_update(module, key, f"{PEFT_PREFIX}{module}.lora_embedding_B", True, True, None)
+                self._add_update(module, key, key.removesuffix("_A") + "_B", True, True, None)
             elif name.endswith((".lora_B.weight", ".lora_B.bias", ".lora_embedding_B")):
                 continue  # read with its A factor
             elif "lora_" in name or "trainable_tokens" in name:

@@ -62,7 +62,8 @@ def is_hub_reference(ref: ModelRef) -> bool:
 
 def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec) -> None:
     base = config.base_model
-    hub_models = [str(r) for r in config.referenced_models() if is_hub_reference(r)]
+    sides = [side for r in config.referenced_models() for side in (r.base, r.lora) if side is not None]
+    hub_models = [str(side) for side in dict.fromkeys(sides) if is_hub_reference(side)]
     front = yaml.dump({"base_model": hub_models, "library_name": "transformers", "tags": ["mergekit", "merge", "mergeflow"]})
     name = method.pretty_name or method.name
     method_line = f"[{name}]({method.reference_url})" if method.reference_url else name
@@ -83,6 +84,8 @@ def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodS
 
 
 def _md_model(ref: ModelRef) -> str:
+    if ref.lora:
+        return f"{_md_model(ref.base)} + {_md_model(ref.lora)}"
     return f"[{ref}](https://huggingface.co/{ref.path})" if is_hub_reference(ref) else str(ref)
 
 

@@ -92,6 +92,19 @@ def test_slerp_gpt2_conv1d_fan_in_fan_out(model_dir, adapter, tmp_path):
     _both(text, tmp_path)
 
 
+def test_lora_on_a_legacy_mixtral_base(model_dir, adapter, tmp_path):
+    """PEFT addresses the converted (transformers 5) module names; the layout view sits beneath."""
+    variant = {"arch": "mixtral", "layers": 2}
+    base, m1 = model_dir("base", **variant), model_dir("m1", **variant)
+    lora = adapter("m1", variant=variant, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"])
+    text = (
+        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+        f"  - model: {m1}+{lora}\n    parameters: {{weight: 0.8, density: 0.6}}\n"
+    )
+    _both(text, tmp_path, "bfloat16")
+    assert "model.layers.1.mlp.experts.gate_up_proj" in load_dir(tmp_path / "mergeflow")
+
+
 def test_model_stock_qwen2_lora_bias(model_dir, adapter, tmp_path):
     variant = {"arch": "qwen2"}
     base, m1, m2 = (model_dir(n, **variant) for n in ("base", "m1", "m2"))
@@ -139,6 +152,9 @@ def test_hub_base_and_adapter_at_revisions(model_dir, adapter, tmp_path):
     assert entry["identity"] == f"org/base@{base_commit}"
     assert entry["lora"]["identity"] == f"org/lora@{lora_commit}"
     assert_bit_identical(out, tmp_path / "local")
+    card = (out / "README.md").read_text()
+    assert f"- org/base@{base_commit}\n- org/lora@v1\n" in card
+    assert "[org/lora@v1](https://huggingface.co/org/lora)" in card
 
 
 @pytest.mark.parametrize(
