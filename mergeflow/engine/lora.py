@@ -7,7 +7,8 @@ the base: each targeted weight is computed when the executor asks for it, with t
 of PEFT 0.21's merge, and every other tensor passes through.
 
 - Load dtype: with ``--lora-merge-dtype`` every floating tensor is cast to it (from_pretrained's
-  ``dtype``); without it, tensors keep their stored dtype, as transformers 5 loads them.
+  ``dtype``, except the few tensors transformers keeps in float32); without it, tensors keep their
+  stored dtype, as transformers 5 loads them.
 - PEFT keeps LoRA factors in float32 for half-precision bases (``autocast_adapter_dtype``), else in
   the base dtype, and computes ``delta = transpose(B @ A, fan_in_fan_out) * scaling`` in that dtype
   (``fan_in_fan_out`` holds exactly for Conv1D modules, such as GPT-2's).
@@ -42,6 +43,12 @@ PEFT_PREFIX = "base_model.model."
 CONV1D_MODULES = {
     "gpt2": ("attn.c_attn", "attn.c_proj", "attn.q_attn", "mlp.c_fc", "mlp.c_proj"),
     "openai-gpt": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+}
+# Tensors transformers keeps in float32 when a model is loaded in half precision
+# (``_keep_in_fp32_modules_strict``), by model type: name substrings.
+KEEP_IN_FLOAT32 = {
+    "glm4_moe": ("e_score_correction_bias", "gate.weight"),
+    "deepseek_v3": ("e_score_correction_bias", "gate.weight"),
 }
 UNSUPPORTED_CONFIG = {
     "use_dora": "DoRA",
@@ -130,8 +137,8 @@ class LoraCheckpoint(CheckpointView):
         self.adapter = adapter
         self.dtype = dtype
         self._check_config()
-        if dtype is not None:
-            self.headers = {n: (dtype if d.is_floating_point else d, s) for n, (d, s) in inner.headers.items()}
+        self._load_dtypes = {n: self._load_dtype(n, d) for n, (d, _) in inner.headers.items()}
+        self.headers = {n: (self._load_dtypes[n], s) for n, (_, s) in inner.headers.items()}
         self.updates: dict[str, LoraUpdate] = {}
         self.replacements: dict[str, str] = {}
         self._plan()
@@ -139,6 +146,15 @@ class LoraCheckpoint(CheckpointView):
     @property
     def files(self) -> list[Path]:
         return [*self.inner.files, *self.adapter.files]
+
+    def _load_dtype(self, name: str, stored: torch.dtype) -> torch.dtype:
+        """What ``from_pretrained(dtype=--lora-merge-dtype)`` gives this tensor."""
+        if self.dtype is None or not stored.is_floating_point:
+            return stored
+        kept = KEEP_IN_FLOAT32.get(self.config.get("model_type"), ())
+        if self.dtype in (torch.float16, torch.bfloat16) and any(k in name for k in kept):
+            return torch.float32
+        return self.dtype
 
     def replay_draws(self) -> None:
         """Draw what PEFT draws when it builds this adapter's layers.
@@ -228,9 +244,7 @@ class LoraCheckpoint(CheckpointView):
 
     def load(self, name: str) -> torch.Tensor:
         """The merged tensor; updated in place, since every load returns a tensor of its own."""
-        tensor = self.inner.load(name)
-        if self.dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(self.dtype)
+        tensor = self.inner.load(name).to(self._load_dtypes[name])
         if name in self.replacements:
             tensor = self.adapter.load(self.replacements[name]).to(tensor.dtype)
         update = self.updates.get(name)
