@@ -16,6 +16,8 @@ of PEFT 0.21's merge, and every other tensor passes through.
   ``W += delta.to(W.dtype)``; ``lora_bias`` adds ``B.bias * scaling`` to the bias.
 - ``scaling`` is ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``, with ``r`` and ``alpha``
   from ``rank_pattern``/``alpha_pattern`` where a pattern matches the module name.
+- DoRA (linear layers): ``W' = m / norm(W + delta) * (W + delta)``, norms per output row, in the
+  factors' dtype, then cast back to W's dtype.
 - Whole tensors the adapter stores (``modules_to_save``, embedding ``base_layer`` copies) replace
   the base tensor, cast to its dtype.
 """
@@ -51,7 +53,6 @@ KEEP_IN_FLOAT32 = {
     "deepseek_v3": ("e_score_correction_bias", "gate.weight"),
 }
 UNSUPPORTED_CONFIG = {
-    "use_dora": "DoRA",
     "target_parameters": "LoRA on raw parameters (target_parameters)",
     "layer_replication": "layer replication",
     "trainable_token_indices": "trainable token adapters",
@@ -68,6 +69,7 @@ class LoraUpdate:
     transpose: bool
     embedding: bool
     bias: str | None
+    magnitude: str | None = None  # DoRA's magnitude vector
 
 
 class Adapter:
@@ -206,11 +208,14 @@ class LoraCheckpoint(CheckpointView):
                 module = name.removesuffix(".lora_A.weight")
                 stem = key.removesuffix("lora_A.weight")
                 bias = f"{stem}lora_B.bias" if f"{stem}lora_B.bias" in keys else None
-                self._add_update(module, key, f"{stem}lora_B.weight", module.endswith(conv1d), False, bias)
+                magnitude = f"{stem}lora_magnitude_vector" if f"{stem}lora_magnitude_vector" in keys else None
+                self._add_update(module, key, f"{stem}lora_B.weight", module.endswith(conv1d), False, bias, magnitude)
             elif name.endswith(".lora_embedding_A"):
                 module = name.removesuffix(".lora_embedding_A")
+                if self.adapter.config.get("use_dora"):
+                    raise PreflightError(f"adapter {self.adapter.label}: not supported yet: DoRA on embeddings ({key})")
                 self._add_update(module, key, key.removesuffix("_A") + "_B", True, True, None)
-            elif name.endswith((".lora_B.weight", ".lora_B.bias", ".lora_embedding_B")):
+            elif name.endswith((".lora_B.weight", ".lora_B.bias", ".lora_embedding_B", ".lora_magnitude_vector")):
                 continue  # read with its A factor
             elif "lora_" in name or "trainable_tokens" in name:
                 raise PreflightError(f"adapter {self.adapter.label}: tensor {key} is of a LoRA kind mergeflow does not apply yet")
@@ -219,7 +224,9 @@ class LoraCheckpoint(CheckpointView):
                 self._check_target(target, key)
                 self.replacements[target] = key
 
-    def _add_update(self, module: str, a: str, b: str, transpose: bool, embedding: bool, bias: str | None) -> None:
+    def _add_update(
+        self, module: str, a: str, b: str, transpose: bool, embedding: bool, bias: str | None, magnitude: str | None = None
+    ) -> None:
         target = f"{module}.weight"
         self._check_target(target, a)
         if b not in self.adapter.headers:
@@ -234,7 +241,9 @@ class LoraCheckpoint(CheckpointView):
             )
         if bias is not None:
             self._check_target(f"{module}.bias", bias)
-        self.updates[target] = LoraUpdate(a, b, self.adapter.scaling(module), transpose, embedding, bias)
+        if self.adapter.config.get("use_dora") and (magnitude is None or self.adapter.headers[magnitude][1] != (b_shape[0],)):
+            raise PreflightError(f"adapter {self.adapter.label}: DoRA adapter without a fitting {a.removesuffix('lora_A.weight')}lora_magnitude_vector")
+        self.updates[target] = LoraUpdate(a, b, self.adapter.scaling(module), transpose, embedding, bias, magnitude)
 
     def _check_target(self, target: str, key: str) -> None:
         if target not in self.headers:
@@ -261,11 +270,21 @@ class LoraCheckpoint(CheckpointView):
         b = self.adapter.load(update.b).to(factors)
         product = b @ a
         delta = (product.T if update.transpose else product) * update.scaling
+        if update.magnitude is not None:
+            return self._dora_merged(weight, delta, update)
         if update.embedding:
             weight += delta.to(weight.dtype)
         else:
             weight += delta
         return weight
+
+    def _dora_merged(self, weight: torch.Tensor, delta: torch.Tensor, update: LoraUpdate) -> torch.Tensor:
+        """DoRA: ``W' = m / ||W + delta|| * (W + delta)``, norms over the layer's output rows."""
+        magnitude = self.adapter.load(update.magnitude).to(delta.dtype)
+        flip = (lambda t: t.T) if update.transpose else (lambda t: t)  # noqa: E731
+        norm = torch.linalg.norm(flip(weight) + flip(delta), dim=1)
+        factor = flip((magnitude / norm).view(-1, 1))
+        return (factor * (weight + delta)).to(weight.dtype)
 
 
 def _factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:

@@ -84,6 +84,18 @@ def test_dare_ties_fp16_base_bf16_adapter_on_two_models(model_dir, adapter, tmp_
     _both(text, tmp_path)
 
 
+def test_della_bf16_dora_adapter(model_dir, adapter, tmp_path):
+    variant = {"dtype": torch.bfloat16}
+    base, m1, m2 = (model_dir(n, **variant) for n in ("base", "m1", "m2"))
+    lora = adapter("m1", variant=variant, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True)
+    text = (
+        f"merge_method: della\nbase_model: {base}\nmodels:\n"
+        f"  - model: {m1}+{lora}\n    parameters: {{weight: 0.6, density: 0.5, epsilon: 0.1}}\n"
+        f"  - model: {m2}\n    parameters: {{weight: 0.4, density: 0.6, epsilon: 0.1}}\n"
+    )
+    _both(text, tmp_path)
+
+
 def test_slerp_gpt2_conv1d_fan_in_fan_out(model_dir, adapter, tmp_path):
     variant = {"arch": "gpt2", "tied": True}
     base, m1 = model_dir("base", **variant), model_dir("m1", **variant)
