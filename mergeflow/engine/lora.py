@@ -281,9 +281,12 @@ class LoraCheckpoint(CheckpointView):
     def _dora_merged(self, weight: torch.Tensor, delta: torch.Tensor, update: LoraUpdate) -> torch.Tensor:
         """DoRA: ``W' = m / ||W + delta|| * (W + delta)``, norms over the layer's output rows."""
         magnitude = self.adapter.load(update.magnitude).to(delta.dtype)
-        flip = (lambda t: t.T) if update.transpose else (lambda t: t)  # noqa: E731
-        norm = torch.linalg.norm(flip(weight) + flip(delta), dim=1)
-        factor = flip((magnitude / norm).view(-1, 1))
+
+        def oriented(t: torch.Tensor) -> torch.Tensor:  # PEFT's transpose(t, fan_in_fan_out)
+            return t.T if update.transpose else t
+
+        norm = torch.linalg.norm(oriented(weight) + oriented(delta), dim=1)
+        factor = oriented((magnitude / norm).view(-1, 1))
         return (factor * (weight + delta)).to(weight.dtype)
 
 
