@@ -8,8 +8,10 @@ transformers' checkpoint conversion mapping for the model type, and merges the c
 ``config.json``'s ``model_type``, and applies them as a lazy view: names and shapes come from the
 headers, and a fused tensor is built only when the executor loads it.
 
-Covered (the families whose mergekit 0.1.5 definition uses fused names): Mixtral, Qwen3-MoE and
-GLM-4-MoE. Families mergekit merges in their stored layout need no entry.
+Covered: the families whose mergekit 0.1.5 definition names a layout that transformers 5's
+mapping derives from the stored one, i.e. Mixtral, Qwen3-MoE and GLM-4-MoE. The other model types
+with a mapping and a mergekit definition (EXAONE, Gemma-3 and Mistral-3 VL, Granite-MoE-Hybrid,
+Qwen3-VL-MoE) are defined with their stored names, so mergekit converts nothing there.
 """
 
 from __future__ import annotations

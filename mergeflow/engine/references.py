@@ -55,8 +55,8 @@ def _download(ref: ModelRef, cache_dir: str | None, kind: str) -> Path:
 
 
 def identity(ref: ModelRef, path: Path) -> str:
-    """``repo@commit`` for Hub snapshots (the snapshot folder is the commit), else the absolute path
-    (of the base model, for a ``model+lora`` reference)."""
+    """``repo@commit`` for Hub snapshots (the snapshot folder is the commit), else the absolute path.
+    For a ``model+lora`` reference this is the base's; ``run`` appends the adapter's."""
     parts = path.parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
         return f"{ref.path}@{parts[-1]}"

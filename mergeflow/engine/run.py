@@ -93,10 +93,12 @@ def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], 
             "identity": identity(ref, path),
             "files": {f.name: file_sha256(f) for f in read},
         }
-        if ref.lora:
+        if ref.lora:  # identity names both sides; the adapter's own files are listed apart
+            adapter = identity(ref.lora, adapters[ref])
+            record["identity"] += f"+{adapter}"
             record["lora"] = {
                 "reference": str(ref.lora),
-                "identity": identity(ref.lora, adapters[ref]),
+                "identity": adapter,
                 "files": {f.name: file_sha256(f) for f in checkpoint.adapter.files},
             }
         records.append(record)

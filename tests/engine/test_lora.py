@@ -132,7 +132,7 @@ def test_adapter_is_recorded_and_lora_dtype_applies(model_dir, adapter, tmp_path
     record = mergeflow_merge(text, tmp_path / "out", lora_merge_dtype=torch.bfloat16)
     (entry,) = record["inputs"]
     assert entry["reference"] == f"{base}+{lora}"
-    assert entry["identity"] == str(base)
+    assert entry["identity"] == f"{base}+{lora}"
     assert entry["lora"]["identity"] == str(lora)
     assert set(entry["lora"]["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert record["options"]["lora_merge_dtype"] == "bfloat16"
@@ -161,7 +161,7 @@ def test_hub_base_and_adapter_at_revisions(model_dir, adapter, tmp_path):
         )
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads((out / "provenance.json").read_text())["inputs"]
-    assert entry["identity"] == f"org/base@{base_commit}"
+    assert entry["identity"] == f"org/base@{base_commit}+org/lora@{lora_commit}"
     assert entry["lora"]["identity"] == f"org/lora@{lora_commit}"
     assert_bit_identical(out, tmp_path / "local")
     card = (out / "README.md").read_text()
