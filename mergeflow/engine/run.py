@@ -15,8 +15,8 @@ from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
 from mergeflow.engine.errors import ConfigError
 from mergeflow.engine.execute import execute
-from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
-from mergeflow.engine.plan import build_plan
+from mergeflow.engine.outputs import write_model_card, write_model_config, write_provenance, write_tokenizer
+from mergeflow.engine.plan import build_plan, donor
 from mergeflow.engine.references import file_sha256, identity, resolve_model
 from mergeflow.engine.writer import ShardWriter, atomic_directory
 from mergeflow.methods import get_method
@@ -49,7 +49,12 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
     checkpoints = {ref: Checkpoint(path, str(ref)) for ref, path in paths.items()}
-    plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
+    built = _build_tokenizer(config, paths, checkpoints, options)
+    template = _chat_template(config, paths)
+    plan = build_plan(
+        config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings,
+        built.alignment if built else None,
+    )
     seed = options.random_seed if options.random_seed is not None else secrets.randbelow(2**31)
     if options.random_seed is None:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
@@ -58,16 +63,42 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         inputs = hasher.submit(_input_records, paths, checkpoints)  # hashes while the merge runs
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
-        donor = checkpoints[plan.donor]
-        write_model_config(staging, donor.config, config, plan.layer_sources)
-        if options.copy_tokenizer:
-            copy_tokenizer(donor.path, staging)
+        donor_checkpoint = checkpoints[plan.donor]
+        vocab_size = built.alignment.padded_size if built else None
+        write_model_config(staging, donor_checkpoint.config, config, plan.layer_sources, vocab_size)
+        write_tokenizer(
+            staging, built.tokenizer if built else None, template, config, donor_checkpoint.path, options.copy_tokenizer
+        )
         if options.write_model_card:
             write_model_card(staging, Path(out).name, config, method)
             (staging / "mergekit_config.yml").write_text(config.text)
         record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
         write_provenance(staging, record)
     return record
+
+
+def _build_tokenizer(config: MergeConfig, paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint], options: MergeOptions):
+    """The output tokenizer and alignments, when the config asks for one (before any weight is read)."""
+    if config.tokenizer is None:
+        return None
+    from mergeflow.engine.tokenizer import build_tokenizer
+
+    source = config.tokenizer.source
+    tokenizer_paths = dict(paths)
+    if isinstance(source, ModelRef) and source not in paths:  # a tokenizer donor outside the merge
+        tokenizer_paths[source] = resolve_model(source, options.transformers_cache)
+    configs = {ref: c.config for ref, c in checkpoints.items()}
+    return build_tokenizer(config.tokenizer, donor(config), config.referenced_models(), tokenizer_paths, configs)
+
+
+def _chat_template(config: MergeConfig, paths: dict[ModelRef, Path]) -> str | None:
+    if config.chat_template is None:
+        return None
+    from mergeflow.engine.chat_templates import resolve_chat_template
+    from mergeflow.engine.tokenizer import chat_templates_of
+
+    models = [(ref, paths[ref]) for ref in config.referenced_models()]
+    return resolve_chat_template(config.chat_template, lambda: chat_templates_of(models))
 
 
 def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint]) -> list[dict]:
