@@ -6,7 +6,12 @@
 - ``padded``: base's tokenizer, but the embedding padded to a multiple of 32 (unused rows).
 - ``extra``: a BPE with one more merge (a token the others lack), its ids shuffled relative to
   base's, and the embedding rows shuffled to match, so alignment is a real permutation.
-- ``tied``: like ``chat`` but with tied embeddings (no lm_head tensor).
+- ``tied``: tied embeddings (no lm_head tensor), ChatML tokens, and a BPE with one merge fewer
+  than base's, so it lacks a token every other model has.
+- ``short``: a tokenizer larger than its embedding (the ChatML tokens, but base's 80 rows), which
+  mergekit trims to fit when it is the tokenizer base.
+- ``extra2``: like ``extra`` with two more merges, so ``union`` adds two ordinary tokens, whose
+  relative order mergekit takes from hash order.
 
 Fine-tunes share base's rows for shared tokens (plus a small delta), so task-vector methods see
 realistic deltas after alignment.
@@ -15,6 +20,7 @@ realistic deltas after alignment.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -101,25 +107,46 @@ def build_vocab_models(root: Path, dtype: torch.dtype = torch.float32) -> dict[s
 
     base_tok = _train_bpe(BASE_VOCAB)
     assert base_tok.get_vocab_size() == BASE_VOCAB
-    paths = {name: root / name for name in ("base", "chat", "padded", "extra", "tied")}
+    paths = {name: root / name for name in ("base", "chat", "padded", "extra", "extra2", "tied", "short")}
     _save_model(paths["base"], 0, BASE_VOCAB, dtype=dtype)
     _fast(base_tok).save_pretrained(paths["base"])
     base_state = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32).state_dict()
     same = {i: i for i in range(BASE_VOCAB)}
 
-    for name, seed, tied in (("chat", 1, False), ("tied", 4, True)):
-        _save_model(paths[name], seed, BASE_VOCAB + len(CHATML), (base_state, same), tied=tied, dtype=dtype)
-        _fast(base_tok, CHATML, CHATML_TEMPLATE).save_pretrained(paths[name])
+    _save_model(paths["chat"], 1, BASE_VOCAB + len(CHATML), (base_state, same), dtype=dtype)
+    _fast(base_tok, CHATML, CHATML_TEMPLATE).save_pretrained(paths["chat"])
+    smaller = _train_bpe(BASE_VOCAB - 1)
+    _save_model(paths["tied"], 4, BASE_VOCAB - 1 + len(CHATML), (base_state, {i: i for i in range(BASE_VOCAB - 1)}), tied=True, dtype=dtype)
+    _fast(smaller, CHATML, CHATML_TEMPLATE).save_pretrained(paths["tied"])
 
     _save_model(paths["padded"], 2, 96, (base_state, same), dtype=dtype)
     _fast(base_tok).save_pretrained(paths["padded"])
 
-    bigger = _train_bpe(BASE_VOCAB + 1)
-    assert bigger.get_vocab_size() == BASE_VOCAB + 1
-    shuffled, new_id = _shuffled(bigger, seed=3)
-    base_vocab = base_tok.get_vocab()
-    bigger_vocab = bigger.get_vocab()
-    assert all(bigger_vocab[t] == i for t, i in base_vocab.items()), "a larger BPE must extend the smaller one"
-    _save_model(paths["extra"], 3, BASE_VOCAB + 1, (base_state, {new_id[i]: i for i in range(BASE_VOCAB)}), dtype=dtype)
-    _fast(shuffled).save_pretrained(paths["extra"])
+    _save_model(paths["short"], 6, BASE_VOCAB, (base_state, same), dtype=dtype)
+    _fast(base_tok, CHATML).save_pretrained(paths["short"])
+    for name, seed, more in (("extra", 3, 1), ("extra2", 5, 2)):
+        bigger = _train_bpe(BASE_VOCAB + more)
+        assert bigger.get_vocab_size() == BASE_VOCAB + more
+        shuffled, new_id = _shuffled(bigger, seed=seed)
+        bigger_vocab = bigger.get_vocab()
+        assert all(bigger_vocab[t] == i for t, i in base_tok.get_vocab().items()), "a larger BPE must extend the smaller one"
+        _save_model(paths[name], seed, BASE_VOCAB + more, (base_state, {new_id[i]: i for i in range(BASE_VOCAB)}), dtype=dtype)
+        _fast(shuffled).save_pretrained(paths[name])
     return paths
+
+
+def cast_models(paths: dict[str, Path], root: Path, dtype: torch.dtype) -> dict[str, Path]:
+    """Copies of ``paths`` with every tensor cast to ``dtype`` (cheaper than building again)."""
+    from safetensors.torch import load_file, save_file
+
+    copies = {}
+    for name, path in paths.items():
+        target = root / name
+        shutil.copytree(path, target)
+        tensors = {k: v.to(dtype) for k, v in load_file(path / "model.safetensors").items()}
+        save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+        config = json.loads((path / "config.json").read_text())
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (target / "config.json").write_text(json.dumps(config, indent=2))
+        copies[name] = target
+    return copies

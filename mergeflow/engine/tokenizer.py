@@ -89,8 +89,10 @@ def _stripped(tokenizer, vocab_size: int | None, label: str):
         )
 
     def keeps(merge) -> bool:
+        # mergekit checks only a merge's parts, and then fails to load a BPE whose merge result
+        # was removed; dropping those merges too keeps the trimmed tokenizer loadable.
         parts = merge.split(" ") if isinstance(merge, str) else merge
-        return not any(part in unused for part in parts)
+        return not any(part in unused for part in [*parts, "".join(parts)])
 
     data["added_tokens"] = [entry for entry in data["added_tokens"] if entry["id"] < vocab_size]
     data["model"]["vocab"] = {tok: idx for tok, idx in data["model"]["vocab"].items() if tok not in unused}
