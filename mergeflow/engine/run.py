@@ -106,7 +106,7 @@ def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Chec
     records = []
     for ref, path in paths.items():
         read = [*checkpoints[ref].files, path / "config.json"]
-        read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") if (path / n).is_file()]
+        read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja") if (path / n).is_file()]
         records.append({
             "reference": str(ref),
             "identity": identity(ref, path),

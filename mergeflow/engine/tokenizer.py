@@ -54,7 +54,12 @@ def _transformers():
     return transformers
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def load_tokenizer(path: Path, label: str, **kwargs):
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise MergeflowError(f"model {label}: no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)})")
     try:
         return _transformers().AutoTokenizer.from_pretrained(str(path), **kwargs)
     except MergeflowError:
