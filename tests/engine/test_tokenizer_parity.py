@@ -202,6 +202,16 @@ def test_tokenizer_parity(name, vocab_models, tmp_path):
     check(template.format(**vocab_models(dtype)), tmp_path, same_text)
 
 
+def test_word_level_tokenizers_with_padded_rows(model_dir, tmp_path):
+    """A WordLevel tokenizer whose model has unused padding rows (46 tokens, 64 rows)."""
+    small, padded = model_dir("m1"), model_dir("m2", vocab=64)
+    text = (
+        f"merge_method: ties\nbase_model: {padded}\nmodels:\n  - model: {padded}\n"
+        f"  - model: {small}\n    parameters: {{weight: 0.7, density: 0.5}}\ntokenizer: {{source: union, pad_to_multiple_of: 16}}\n"
+    )
+    check(text, tmp_path)
+
+
 def test_union_ids_follow_the_documented_order(vocab_models, tmp_path):
     """Base ids first, then ordinary tokens the base lacks, then added tokens, models in config order."""
     models = vocab_models(torch.float32)
