@@ -93,12 +93,6 @@ class TokenizerSettings:
     tokens: dict[str, TokenSettings] = field(default_factory=dict)
     pad_to_multiple_of: int | None = None
 
-    def models(self) -> list[ModelRef]:
-        """Models this block names (the source, token sources), which the merge may not list."""
-        named = [self.source] if isinstance(self.source, ModelRef) else []
-        named += [s.source.model for s in self.tokens.values() if s.source is not None and s.source.model is not None]
-        return list(dict.fromkeys(named))
-
 
 @dataclass
 class MergeConfig:

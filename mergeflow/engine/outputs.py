@@ -12,6 +12,8 @@ import yaml
 from mergeflow import __version__
 from mergeflow.engine.architecture import layer_count_key
 from mergeflow.engine.config import DTYPES, MergeConfig, ModelRef
+from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.tokenizer import load_tokenizer, save_tokenizer
 from mergeflow.methods import MethodSpec
 
 # Copied from the donor when it has a tokenizer (mergekit-semantics §10.5).
@@ -59,17 +61,18 @@ def write_tokenizer(out: Path, built, template: str | None, config: MergeConfig,
     """The output tokenizer as mergekit writes it (§10.5): a built one saved with the chat
     template; else, when a chat template is configured, the donor's re-saved with it; else the
     donor's files copied (with --copy-tokenizer)."""
-    from mergeflow.engine.tokenizer import load_tokenizer, save_tokenizer
-
     if built is not None:
         save_tokenizer(built, template, out)
     elif config.chat_template is not None:
         if not copy:
             log.warning("chat_template is not saved: --no-copy-tokenizer writes no tokenizer")
-        elif not (donor / "tokenizer_config.json").is_file():
-            log.warning("chat_template is not saved: the donor %s has no tokenizer", donor)
-        else:
-            save_tokenizer(load_tokenizer(donor, str(donor)), template, out)
+            return
+        try:
+            donor_tokenizer = load_tokenizer(donor, str(donor))
+        except MergeflowError as err:  # as in mergekit, the merge itself still succeeds
+            log.warning("chat_template is not saved: %s", err)
+            return
+        save_tokenizer(donor_tokenizer, template, out)
     elif copy:
         copy_tokenizer(donor, out)
 
