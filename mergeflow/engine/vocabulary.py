@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from mergeflow.engine.config import ModelRef, TokenSettings
-from mergeflow.engine.errors import ConfigError
+from mergeflow.engine.errors import ConfigError, PreflightError
 from mergeflow.engine.tokenizer import VocabularyAlignment
 
 log = logging.getLogger("mergeflow")
@@ -56,6 +56,12 @@ def plan_remap(
     """The remap for one output tensor whose inputs come from ``models`` (in input order)."""
     vocab = alignment.vocab
     present = torch.tensor([alignment.permutations[m] for m in models], dtype=torch.long).reshape(len(models), len(vocab))
+    for model, ids, rows in zip(models, present, row_counts):
+        if ids.max().item() >= rows:
+            raise PreflightError(
+                f"tensor {tensor_name}: model {model}'s tokenizer has id {ids.max().item()}, beyond its {rows} rows; "
+                "its config.json vocab_size does not match the tensor"
+            )
     configured = alignment.settings.tokens
     defaults: dict[int, DefaultRow] = {}
     missing = (present < 0).any(0).tolist()

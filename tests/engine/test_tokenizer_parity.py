@@ -127,10 +127,10 @@ TOKENS = (
 )
 LITERAL = "chat_template: \"{{% for m in messages %}}[{{{{ m['role'] }}}}] {{{{ m['content'] }}}}\\n{{% endfor %}}\"\n"
 
-# name: (dtype, config, whether our template file has mergekit's text)
-CASES = {
+# The methods of the issue, each in bf16, fp16 and fp32, on all four differing vocabularies;
+# name: (config, whether our chat template file has mergekit's text).
+METHODS = {
     "linear_union_padded_auto_template": (
-        torch.float32,
         "merge_method: linear\nbase_model: {base}\nmodels:\n"
         "  - model: {base}\n    parameters: {{weight: 0.4}}\n  - model: {chat}\n    parameters: {{weight: 0.3}}\n"
         "  - model: {padded}\n    parameters: {{weight: 0.2}}\n  - model: {extra}\n    parameters: {{weight: 0.1}}\n"
@@ -138,15 +138,18 @@ CASES = {
         True,
     ),
     "slerp_union_builtin_template": (
-        torch.bfloat16,
-        "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {chat}\n"
+        "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {extra}\n"
         "parameters: {{t: [0.2, 0.7]}}\ntokenizer_source: union\nchat_template: llama3\n",
         False,
     ),
-    "ties_union": (torch.float16, "merge_method: ties\n" + GTA + "tokenizer_source: union\n", True),
-    "dare_ties_union_padded": (torch.bfloat16, "merge_method: dare_ties\n" + GTA + "tokenizer: {{source: union, pad_to_multiple_of: 32}}\n", True),
-    "della_union": (torch.float32, "merge_method: della\n" + GTA.replace("density: 0.5", "density: 0.5, epsilon: 0.1") + "tokenizer_source: union\n", True),
-    "model_stock_union_literal_template": (torch.bfloat16, "merge_method: model_stock\nbase_model: {base}\nmodels:\n" + ALL + "tokenizer_source: union\n" + LITERAL, True),
+    "ties_union": ("merge_method: ties\n" + GTA + "tokenizer_source: union\n", True),
+    "dare_ties_union_padded": ("merge_method: dare_ties\n" + GTA + "tokenizer: {{source: union, pad_to_multiple_of: 32}}\n", True),
+    "della_union": ("merge_method: della\n" + GTA.replace("density: 0.5", "density: 0.5, epsilon: 0.1") + "tokenizer_source: union\n", True),
+    "model_stock_union_literal_template": ("merge_method: model_stock\nbase_model: {base}\nmodels:\n" + ALL + "tokenizer_source: union\n" + LITERAL, True),
+}
+
+# name: (dtype, config, whether our chat template file has mergekit's text)
+CASES = {
     "linear_base_source": (
         torch.float16,
         "merge_method: linear\nbase_model: {padded}\nmodels:\n"
@@ -177,10 +180,11 @@ CASES = {
         "tokenizer_source: union\n",
         True,
     ),
-    "linear_union_base_not_merged": (  # the base is not in the slice: tied's missing token is the others' mean
+    "linear_union_base_not_merged": (  # the base is not in the slice: tied's missing token is the mean of three
         torch.float16,
-        "merge_method: linear\nbase_model: {padded}\nslices:\n  - sources:\n"
+        "merge_method: linear\nbase_model: {base}\nslices:\n  - sources:\n"
         "      - model: {tied}\n        layer_range: [0, 2]\n        parameters: {{weight: 0.5}}\n"
+        "      - model: {padded}\n        layer_range: [0, 2]\n        parameters: {{weight: 0.2}}\n"
         "      - model: {chat}\n        layer_range: [0, 2]\n        parameters: {{weight: 0.3}}\n"
         "      - model: {extra}\n        layer_range: [0, 2]\n        parameters: {{weight: 0.4}}\n"
         "tokenizer_source: union\n",
@@ -194,6 +198,13 @@ CASES = {
         True,
     ),
 }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_methods_on_differing_vocabularies(name, dtype, vocab_models, tmp_path):
+    template, same_text = METHODS[name]
+    check(template.format(**vocab_models(dtype)), tmp_path, same_text)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
