@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 
 from mergeflow.engine.checkpoint import Checkpoint
-from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
+from mergeflow.engine.config import MergeConfig, ModelRef, did_you_mean, parse_config
 from mergeflow.engine.errors import ConfigError
 from mergeflow.engine.execute import execute
 from mergeflow.engine.outputs import write_model_card, write_model_config, write_provenance, write_tokenizer
 from mergeflow.engine.plan import build_plan, donor
 from mergeflow.engine.references import file_sha256, identity, resolve_model
 from mergeflow.engine.writer import ShardWriter, atomic_directory
-from mergeflow.methods import get_method
+from mergeflow.methods import get_method, method_names
 
 log = logging.getLogger("mergeflow")
 
@@ -44,7 +44,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     try:
         method = get_method(config.merge_method)
     except KeyError as err:
-        raise ConfigError("merge_method", err.args[0]) from None
+        raise ConfigError("merge_method", err.args[0] + did_you_mean(config.merge_method, method_names())) from None
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}

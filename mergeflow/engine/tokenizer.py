@@ -50,7 +50,6 @@ def _transformers():
         import transformers
     except ImportError:
         raise MergeflowError("tokenizer merging and chat templates need transformers: pip install 'mergeflow[tokenizer]'") from None
-    transformers.logging.set_verbosity_error()
     return transformers
 
 

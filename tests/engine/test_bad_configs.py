@@ -110,6 +110,8 @@ def test_near_miss_names_get_did_you_mean(merge_cli, model_dir, tmp_path):
     assert "parameters.nomalize (did you mean 'normalize'?)" in err
     code, err = merge_cli(_linear(model_dir("m1"), model_dir("m2")) + "parameters: {densty: 0.5}\n")
     assert code == 0 and "parameters.densty (did you mean 'density'?)" in err  # a parameter of other methods
+    code, err = merge_cli(_linear(model_dir("m1")).replace("linear", "dare_tie"))
+    assert code == 1 and "unknown merge_method 'dare_tie'" in err and "(did you mean 'dare_ties'?)" in err
 
 
 def test_different_architectures_fail_before_reading_weights_unless_crimes(merge_cli, model_dir, tmp_path):
