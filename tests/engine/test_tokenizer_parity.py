@@ -150,6 +150,14 @@ METHODS = {
 
 # name: (dtype, config, whether our chat template file has mergekit's text)
 CASES = {
+    "passthrough_union": (  # one input per tensor: the embedding lacks extra's token, the head chat's
+        torch.bfloat16,
+        "merge_method: passthrough\nbase_model: {chat}\nslices:\n"
+        "  - sources:\n      - model: {chat}\n        layer_range: [0, 1]\n"
+        "  - sources:\n      - model: {extra}\n        layer_range: [1, 2]\n"
+        "tokenizer_source: union\n",
+        True,
+    ),
     "linear_base_source": (
         torch.float16,
         "merge_method: linear\nbase_model: {padded}\nmodels:\n"
