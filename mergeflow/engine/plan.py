@@ -173,12 +173,14 @@ def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec) -> None:
     for key, mapping in mappings:
         unknown = sorted(set(mapping) - set(method.param_index))
         if unknown:
-            names = ", ".join(f"{key}.{name}{did_you_mean(name, method.param_index) or did_you_mean(name, _all_parameter_names())}" for name in unknown)
+            names = ", ".join(f"{key}.{name}{_suggestion(name, method)}" for name in unknown)
             log.warning("ignoring parameter(s) that '%s' does not use: %s", method.name, names)
 
 
-def _all_parameter_names() -> set[str]:
-    return {name for method in method_names() for name in get_method(method).param_index}
+def _suggestion(name: str, method: MethodSpec) -> str:
+    """A near-miss of this method's parameters, else of any method's (``densty`` on linear)."""
+    every = {p for other in method_names() for p in get_method(other).param_index}
+    return did_you_mean(name, method.param_index) or did_you_mean(name, every)
 
 
 def _output_slices(config: MergeConfig, checkpoints: dict[ModelRef, Checkpoint]) -> list[OutputSlice]:
@@ -209,7 +211,10 @@ def _output_slices(config: MergeConfig, checkpoints: dict[ModelRef, Checkpoint])
 
 
 class _Planner:
-    def __init__(self, config: MergeConfig, method: MethodSpec, checkpoints, arch: Architecture, truncate: bool, vocabulary):
+    def __init__(
+        self, config: MergeConfig, method: MethodSpec, checkpoints, arch: Architecture, truncate: bool,
+        vocabulary: VocabularyAlignment | None,
+    ):
         self.config = config
         self.vocabulary = vocabulary
         self.method = method
