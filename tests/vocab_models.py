@@ -40,7 +40,7 @@ CHATML_TEMPLATE = (
 )
 
 
-def _train_bpe(vocab_size: int):
+def train_bpe(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -65,7 +65,7 @@ def _shuffled(tok, seed: int):
     return Tokenizer.from_str(json.dumps(data)), new_id
 
 
-def _fast(tok, extra_specials=(), template=None):
+def fast_tokenizer(tok, extra_specials=(), template=None):
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
@@ -105,33 +105,33 @@ def _save_model(path: Path, seed: int, vocab: int, rows_from_base=None, tied: bo
 def build_vocab_models(root: Path, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     from transformers import AutoModelForCausalLM
 
-    base_tok = _train_bpe(BASE_VOCAB)
+    base_tok = train_bpe(BASE_VOCAB)
     assert base_tok.get_vocab_size() == BASE_VOCAB
     paths = {name: root / name for name in ("base", "chat", "padded", "extra", "extra2", "tied", "short")}
     _save_model(paths["base"], 0, BASE_VOCAB, dtype=dtype)
-    _fast(base_tok).save_pretrained(paths["base"])
+    fast_tokenizer(base_tok).save_pretrained(paths["base"])
     base_state = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32).state_dict()
     same = {i: i for i in range(BASE_VOCAB)}
 
     _save_model(paths["chat"], 1, BASE_VOCAB + len(CHATML), (base_state, same), dtype=dtype)
-    _fast(base_tok, CHATML, CHATML_TEMPLATE).save_pretrained(paths["chat"])
-    smaller = _train_bpe(BASE_VOCAB - 1)
+    fast_tokenizer(base_tok, CHATML, CHATML_TEMPLATE).save_pretrained(paths["chat"])
+    smaller = train_bpe(BASE_VOCAB - 1)
     _save_model(paths["tied"], 4, BASE_VOCAB - 1 + len(CHATML), (base_state, {i: i for i in range(BASE_VOCAB - 1)}), tied=True, dtype=dtype)
-    _fast(smaller, CHATML, CHATML_TEMPLATE).save_pretrained(paths["tied"])
+    fast_tokenizer(smaller, CHATML, CHATML_TEMPLATE).save_pretrained(paths["tied"])
 
     _save_model(paths["padded"], 2, 96, (base_state, same), dtype=dtype)
-    _fast(base_tok).save_pretrained(paths["padded"])
+    fast_tokenizer(base_tok).save_pretrained(paths["padded"])
 
     _save_model(paths["short"], 6, BASE_VOCAB, (base_state, same), dtype=dtype)
-    _fast(base_tok, CHATML).save_pretrained(paths["short"])
+    fast_tokenizer(base_tok, CHATML).save_pretrained(paths["short"])
     for name, seed, more in (("extra", 3, 1), ("extra2", 5, 2)):
-        bigger = _train_bpe(BASE_VOCAB + more)
+        bigger = train_bpe(BASE_VOCAB + more)
         assert bigger.get_vocab_size() == BASE_VOCAB + more
         shuffled, new_id = _shuffled(bigger, seed=seed)
         bigger_vocab = bigger.get_vocab()
         assert all(bigger_vocab[t] == i for t, i in base_tok.get_vocab().items()), "a larger BPE must extend the smaller one"
         _save_model(paths[name], seed, BASE_VOCAB + more, (base_state, {new_id[i]: i for i in range(BASE_VOCAB)}), dtype=dtype)
-        _fast(shuffled).save_pretrained(paths[name])
+        fast_tokenizer(shuffled).save_pretrained(paths[name])
     return paths
 
 

@@ -293,11 +293,11 @@ def test_built_in_templates_render_as_mergekits(name):
 
 def test_trimming_drops_merges_that_build_a_removed_token():
     """mergekit keeps a merge whose result it removed and then fails to load the trimmed BPE."""
-    from vocab_models import BASE_VOCAB, _fast, _train_bpe
+    from vocab_models import BASE_VOCAB, fast_tokenizer, train_bpe
 
     from mergeflow.engine.tokenizer import _stripped
 
-    tokenizer = _fast(_train_bpe(BASE_VOCAB + 1))
+    tokenizer = fast_tokenizer(train_bpe(BASE_VOCAB + 1))
     trimmed = _stripped(tokenizer, BASE_VOCAB, "bigger")
     assert len(trimmed.get_vocab()) == BASE_VOCAB
-    assert trimmed.tokenize("rules") == _fast(_train_bpe(BASE_VOCAB)).tokenize("rules")
+    assert trimmed.tokenize("rules") == fast_tokenizer(train_bpe(BASE_VOCAB)).tokenize("rules")
