@@ -6,6 +6,7 @@ and give keys users commonly get wrong (from tutorials) an error that says what 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -31,12 +32,8 @@ TOP_LEVEL_KEYS = {
     "merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype",
     "tokenizer_source", "tokenizer", "chat_template",
 }
-NOT_SUPPORTED_YET = {
-    "tokenizer_source": "tokenizer merging",
-    "tokenizer": "tokenizer merging",
-    "chat_template": "chat templates",
-}
 MOE_KEYS = {"experts", "gate_mode", "experts_per_token", "shared_experts"}
+TOKENIZER_SOURCES = ("union", "base")
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,35 @@ class OutputSlice:
     key: str
 
 
+@dataclass(frozen=True)
+class TokenSource:
+    """Where one configured token's embedding row comes from (``tokenizer.tokens.<tok>.source``).
+
+    ``kind`` is "model" (that model's row for the same token), "model_token" (a model's row for
+    ``token`` or ``token_id``) or "zero".
+    """
+
+    kind: str
+    model: ModelRef | None = None
+    token: str | None = None
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    source: TokenSource | None
+    force: bool
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """``tokenizer_source:`` or the ``tokenizer:`` block: which vocabulary the output has."""
+
+    source: str | ModelRef  # "union", "base" or a model
+    tokens: dict[str, TokenSettings] = field(default_factory=dict)
+    pad_to_multiple_of: int | None = None
+
+
 @dataclass
 class MergeConfig:
     merge_method: str
@@ -87,6 +113,8 @@ class MergeConfig:
     module_parameters: dict[str, Any] = field(default_factory=dict)
     dtype: torch.dtype | None = None
     out_dtype: torch.dtype | None = None
+    tokenizer: TokenizerSettings | None = None
+    chat_template: str | None = None
 
     def referenced_models(self) -> list[ModelRef]:
         """Every model in config order (sources first, then bases), without repeats."""
@@ -117,15 +145,12 @@ def parse_config(text: str) -> MergeConfig:
 
 
 def _parse_document(doc: dict, text: str) -> MergeConfig:
-    if doc.get("merge_method") == "moe" or MOE_KEYS & doc.keys():
-        raise ConfigError(
-            "merge_method",
-            "this is a mergekit-moe config (experts/positive_prompts); MoE building is not "
-            "supported yet (mergekit-moe CONFIG OUT builds it today)",
-        )
-    for key, what in NOT_SUPPORTED_YET.items():
-        if key in doc:
-            raise ConfigError(key, f"{what} is not supported yet; remove '{key}' to copy the donor's tokenizer")
+    moe_keys = sorted(MOE_KEYS & doc.keys())
+    if doc.get("merge_method") == "moe" or moe_keys:
+        # MoE configs have no merge method of their own: name what makes this one a MoE config.
+        found = ", ".join(f"'{k}'" for k in moe_keys) or "'merge_method: moe'"
+        raise ConfigError("", f"this is a mergekit-moe config (it has {found}); build it with 'mergeflow moe CONFIG OUT', not 'mergeflow merge'")
+    _refuse_unsupported(doc)
     _warn_unknown(doc, TOP_LEVEL_KEYS, "")
     method = doc.get("merge_method")
     if not isinstance(method, str) or not method:
@@ -142,6 +167,8 @@ def _parse_document(doc: dict, text: str) -> MergeConfig:
         parameters=_parameters(doc.get("parameters"), "parameters"),
         dtype=_dtype(doc.get("dtype"), "dtype"),
         out_dtype=_dtype(doc.get("out_dtype"), "out_dtype"),
+        tokenizer=_tokenizer(doc),
+        chat_template=_chat_template(doc.get("chat_template")),
     )
     body, prefix = doc, ""
     if "modules" in syntaxes:
@@ -156,6 +183,115 @@ def _parse_document(doc: dict, text: str) -> MergeConfig:
     else:
         raise ConfigError(prefix.rstrip("."), "a module must have exactly one of 'slices' or 'models'")
     return config
+
+
+def _unsupported(doc: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every (key path, feature) in ``doc`` that mergeflow cannot merge yet, so one message can
+    name them all instead of the user fixing them one run at a time."""
+    found: list[tuple[str, str]] = []
+    if isinstance(doc, dict):
+        if path == "" and isinstance(doc.get("modules"), dict) and set(doc["modules"]) != {"default"}:
+            found.append(("modules", "multi-module configs (anything but the single module 'default')"))
+        for key, value in doc.items():
+            at = f"{path}.{key}" if path else str(key)
+            if key == "override_architecture" and value:
+                found.append((at, "override_architecture"))
+            if key != "parameters":
+                found += _unsupported(value, at)
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            found += _unsupported(item, f"{path}[{i}]")
+    return found
+
+
+def _refuse_unsupported(doc: dict) -> None:
+    found = list(dict.fromkeys(_unsupported(doc)))
+    if len(found) == 1:
+        key, what = found[0]
+        raise ConfigError(key, f"{what} {'is' if what == 'override_architecture' else 'are'} not supported yet")
+    if found:
+        listing = "; ".join(f"{key}: {what}" for key, what in found)
+        raise ConfigError("", f"this config uses {len(found)} things mergeflow does not support yet: {listing}")
+
+
+def _tokenizer(doc: dict) -> TokenizerSettings | None:
+    """``tokenizer_source`` (legacy) or ``tokenizer:`` (mergekit-semantics §2.1, §9.2)."""
+    legacy, block = doc.get("tokenizer_source"), doc.get("tokenizer")
+    if legacy is not None and block is not None:
+        raise ConfigError("tokenizer", "cannot be combined with 'tokenizer_source'; keep one ('tokenizer: {source: ...}' is the current form)")
+    if legacy is not None:
+        return TokenizerSettings(_tokenizer_source(legacy, "tokenizer_source"))
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ConfigError("tokenizer", f"must be a mapping with 'source', 'tokens' and/or 'pad_to_multiple_of' (got {block!r})")
+    _warn_unknown(block, {"source", "tokens", "pad_to_multiple_of"}, "tokenizer.")
+    tokens = block.get("tokens") or {}
+    if not isinstance(tokens, dict):
+        raise ConfigError("tokenizer.tokens", f"must map token strings to {{source, force}} (got {tokens!r})")
+    pad = block.get("pad_to_multiple_of")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+        raise ConfigError("tokenizer.pad_to_multiple_of", f"expected a positive integer (got {pad!r})")
+    return TokenizerSettings(
+        source=_tokenizer_source(block.get("source", "union"), "tokenizer.source"),
+        tokens={str(tok): _token_settings(spec, f"tokenizer.tokens.{tok}") for tok, spec in tokens.items()},
+        pad_to_multiple_of=pad or None,
+    )
+
+
+def _tokenizer_source(value: Any, key: str) -> str | ModelRef:
+    if value in TOKENIZER_SOURCES:
+        return value
+    if value is None:
+        raise ConfigError(key, "expected 'union', 'base' or a model reference (got null)")
+    return _model_ref(value, key)
+
+
+def _token_settings(spec: Any, key: str) -> TokenSettings:
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise ConfigError(key, f"expected a mapping with 'source' and/or 'force' (got {spec!r})")
+    _warn_unknown(spec, {"source", "force"}, f"{key}.")
+    force = spec.get("force", False)
+    if not isinstance(force, bool):
+        raise ConfigError(f"{key}.force", f"expected true or false (got {force!r})")
+    return TokenSettings(_token_source(spec.get("source"), f"{key}.source"), force)
+
+
+def _token_source(value: Any, key: str) -> TokenSource | None:
+    if value is None:
+        return None
+    if isinstance(value, dict) and "kind" in value:
+        kind = value["kind"]
+        if kind == "zero":
+            _warn_unknown(value, {"kind"}, f"{key}.")
+            return TokenSource("zero")
+        if kind != "model_token":
+            raise ConfigError(f"{key}.kind", f"expected 'model_token' or 'zero' (got {kind!r})")
+        _warn_unknown(value, {"kind", "model", "token", "token_id"}, f"{key}.")
+        if "model" not in value:
+            raise ConfigError(key, "a model_token source needs 'model'")
+        token, token_id = value.get("token"), value.get("token_id")
+        if (token is None) == (token_id is None):
+            raise ConfigError(key, "a model_token source needs exactly one of 'token' and 'token_id'")
+        if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0):
+            raise ConfigError(f"{key}.token_id", f"expected a non-negative integer (got {token_id!r})")
+        if token is not None and not isinstance(token, str):
+            raise ConfigError(f"{key}.token", f"expected a token string (got {token!r})")
+        return TokenSource("model_token", _model_ref(value["model"], f"{key}.model"), token, token_id)
+    return TokenSource("model", _model_ref(value, key))
+
+
+def _chat_template(value: Any) -> str | None:
+    if value is None:
+        return None
+    from mergeflow.engine.chat_templates import check_chat_template
+
+    if not isinstance(value, str):
+        raise ConfigError("chat_template", f"expected 'auto', a built-in name or a Jinja template (got {value!r})")
+    check_chat_template(value)
+    return value
 
 
 def _single_module(modules: Any) -> tuple[dict, str]:
@@ -321,7 +457,13 @@ def _conditional(value: dict, key: str) -> dict:
     return {"filter": value.get("filter"), "value": inner}
 
 
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for a name one typo away from a known one, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _warn_unknown(mapping: dict, known: set[str], prefix: str) -> None:
     unknown = sorted(str(k) for k in mapping if k not in known)
     if unknown:
-        log.warning("ignoring unknown config key(s): %s", ", ".join(prefix + k for k in unknown))
+        log.warning("ignoring unknown config key(s): %s", ", ".join(prefix + k + did_you_mean(k, known) for k in unknown))

@@ -15,6 +15,7 @@ from mergeflow.engine.config import ModelRef
 from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
 from mergeflow.engine.views import replay_draws
+from mergeflow.engine.vocabulary import remap_vocabulary
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
 
@@ -41,7 +42,8 @@ def execute(
     tasks = plan.tasks
 
     def read(task: TensorTask) -> list[torch.Tensor]:
-        return [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
+        tensors = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
+        return tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
 
     with ThreadPoolExecutor(1, "mergeflow-read") as reader, ThreadPoolExecutor(1, "mergeflow-write") as saver:
         upcoming = reader.submit(read, tasks[0]) if tasks else None
@@ -63,7 +65,7 @@ def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
     tensor = checkpoint.load(name)
     if task.load_dtype is not None and tensor.dtype != task.load_dtype:
         tensor = tensor.to(task.load_dtype)
-    if task.vocabulary_axis is not None and tensor.shape[0] != task.shape[0]:
+    if task.vocabulary is None and task.vocabulary_axis is not None and tensor.shape[0] != task.shape[0]:
         tensor = tensor[: task.shape[0]]  # --unsafe-truncate-embeddings: keep the common prefix
     return tensor.to(task.merge_dtype)
 

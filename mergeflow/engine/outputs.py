@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import yaml
 from mergeflow import __version__
 from mergeflow.engine.architecture import layer_count_key
 from mergeflow.engine.config import DTYPES, MergeConfig, ModelRef
+from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.tokenizer import load_tokenizer, save_tokenizer
 from mergeflow.methods import MethodSpec
 
 # Copied from the donor when it has a tokenizer (mergekit-semantics §10.5).
@@ -21,10 +24,14 @@ TOKENIZER_FILES = (
 )
 PROVENANCE_FILE = "provenance.json"
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+log = logging.getLogger("mergeflow")
 
 
-def write_model_config(out: Path, donor_config: dict, config: MergeConfig, layer_sources: list[int] | None) -> None:
-    """The donor's config with the dtype set and, for slices, the layer count of the output.
+def write_model_config(
+    out: Path, donor_config: dict, config: MergeConfig, layer_sources: list[int] | None, vocab_size: int | None = None
+) -> None:
+    """The donor's config with the dtype set, for slices the layer count of the output, and with
+    a built tokenizer its (padded) vocabulary size, set where the donor declares it.
 
     Per-layer lists (``layer_types``) are rebuilt from each output layer's source layer, since
     transformers rejects a config whose list length differs from the layer count.
@@ -41,7 +48,33 @@ def write_model_config(out: Path, donor_config: dict, config: MergeConfig, layer
         if isinstance(per_layer, list) and len(per_layer) == merged[key] and max(layer_sources) < len(per_layer):
             merged["layer_types"] = [per_layer[i] for i in layer_sources]
         merged[key] = len(layer_sources)
+    if vocab_size is not None:
+        text_config = merged.get("text_config")
+        if "vocab_size" not in merged and isinstance(text_config, dict) and "vocab_size" in text_config:
+            merged["text_config"] = {**text_config, "vocab_size": vocab_size}  # multimodal: the text model's
+        else:
+            merged["vocab_size"] = vocab_size
     (out / "config.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+def write_tokenizer(out: Path, built, template: str | None, config: MergeConfig, donor: Path, copy: bool) -> None:
+    """The output tokenizer as mergekit writes it (§10.5): a built one saved with the chat
+    template; else, when a chat template is configured, the donor's re-saved with it; else the
+    donor's files copied (with --copy-tokenizer)."""
+    if built is not None:
+        save_tokenizer(built, template, out)
+    elif config.chat_template is not None:
+        if not copy:
+            log.warning("chat_template is not saved: --no-copy-tokenizer writes no tokenizer")
+            return
+        try:
+            donor_tokenizer = load_tokenizer(donor, str(donor))
+        except MergeflowError as err:  # as in mergekit, the merge itself still succeeds
+            log.warning("chat_template is not saved: %s", err)
+            return
+        save_tokenizer(donor_tokenizer, template, out)
+    elif copy:
+        copy_tokenizer(donor, out)
 
 
 def copy_tokenizer(donor: Path, out: Path) -> None:

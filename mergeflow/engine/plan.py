@@ -26,11 +26,13 @@ import torch
 from mergeflow.engine import params as P
 from mergeflow.engine.architecture import Architecture, infer_architecture, layer_count_key, tied_source, vocabulary_axis
 from mergeflow.engine.checkpoint import Checkpoint
-from mergeflow.engine.config import MergeConfig, ModelRef, OutputSlice, Source
+from mergeflow.engine.config import MergeConfig, ModelRef, OutputSlice, Source, did_you_mean
 from mergeflow.engine.errors import ConfigError, PreflightError
 from mergeflow.engine.views import order_label
+from mergeflow.engine.tokenizer import VocabularyAlignment
+from mergeflow.engine.vocabulary import VocabularyRemap, plan_remap
 from mergeflow.engine.writer import TensorSlot
-from mergeflow.methods import MethodSpec, Scope
+from mergeflow.methods import MethodSpec, Scope, get_method, method_names
 
 log = logging.getLogger("mergeflow")
 
@@ -54,6 +56,7 @@ class TensorTask:
     load_dtype: torch.dtype | None  # the config's `dtype`, applied at load time
     merge_dtype: torch.dtype  # inputs are promoted to this before the merge
     out_dtype: torch.dtype  # what is written
+    vocabulary: VocabularyRemap | None = None  # aligns the inputs' rows to the output tokenizer
 
     @property
     def order_key(self) -> str:
@@ -77,6 +80,7 @@ def build_plan(
     checkpoints: dict[ModelRef, Checkpoint],
     allow_crimes: bool = False,
     unsafe_truncate_embeddings: bool = False,
+    vocabulary: VocabularyAlignment | None = None,
 ) -> MergePlan:
     _check_architectures(checkpoints, allow_crimes)
     _warn_unknown_parameters(config, method)
@@ -86,9 +90,9 @@ def build_plan(
         _check_input_contract(method, sl, base_of[id(sl)])
     arch = infer_architecture(
         list(dict.fromkeys(n for c in checkpoints.values() for n in c.headers)),
-        checkpoints[_donor(config)].config,
+        checkpoints[donor(config)].config,
     )
-    planner = _Planner(config, method, checkpoints, arch, unsafe_truncate_embeddings)
+    planner = _Planner(config, method, checkpoints, arch, unsafe_truncate_embeddings, vocabulary)
     first, last = slices[0], slices[-1]
     for name in arch.pre_weights:
         planner.add(name, [(src, name) for src in first.sources], first, base_of[id(first)], 0.0)
@@ -116,12 +120,12 @@ def build_plan(
     ordered = sorted(enumerate(planner.tasks), key=lambda item: (item[1].order_key, item[0]))
     return MergePlan(
         tasks=[task for _, task in ordered],
-        donor=_donor(config),
+        donor=donor(config),
         layer_sources=layer_sources if config.slices else None,
     )
 
 
-def _donor(config: MergeConfig) -> ModelRef:
+def donor(config: MergeConfig) -> ModelRef:
     """Config, tokenizer and card donor: the base model, else the first model in config order.
 
     mergekit takes the first of a Python set when there is no base, which varies between runs; we
@@ -171,8 +175,14 @@ def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec) -> None:
     for key, mapping in mappings:
         unknown = sorted(set(mapping) - set(method.param_index))
         if unknown:
-            names = ", ".join(f"{key}.{name}" for name in unknown)
+            names = ", ".join(f"{key}.{name}{_suggestion(name, method)}" for name in unknown)
             log.warning("ignoring parameter(s) that '%s' does not use: %s", method.name, names)
+
+
+def _suggestion(name: str, method: MethodSpec) -> str:
+    """A near-miss of this method's parameters, else of any method's (``densty`` on linear)."""
+    every = {p for other in method_names() for p in get_method(other).param_index}
+    return did_you_mean(name, method.param_index) or did_you_mean(name, every)
 
 
 def _output_slices(config: MergeConfig, checkpoints: dict[ModelRef, Checkpoint]) -> list[OutputSlice]:
@@ -203,8 +213,12 @@ def _output_slices(config: MergeConfig, checkpoints: dict[ModelRef, Checkpoint])
 
 
 class _Planner:
-    def __init__(self, config: MergeConfig, method: MethodSpec, checkpoints, arch: Architecture, truncate: bool):
+    def __init__(
+        self, config: MergeConfig, method: MethodSpec, checkpoints, arch: Architecture, truncate: bool,
+        vocabulary: VocabularyAlignment | None,
+    ):
         self.config = config
+        self.vocabulary = vocabulary
         self.method = method
         self.checkpoints = checkpoints
         self.arch = arch
@@ -245,7 +259,7 @@ class _Planner:
                 p.name: P.resolve(p, levels, t, name, f"model {src.model}, tensor {name}")
                 for p in self.model_params if p.scope in scopes
             })
-        self.tasks.append(self._typed_task(output_name, inputs, base_index, params, tuple(model_params)))
+        self.tasks.append(self._typed_task(output_name, inputs, base_index, params, tuple(model_params), base))
 
     def _resolve_name(self, model: ModelRef, name: str) -> str | None:
         headers = self.checkpoints[model].headers
@@ -254,11 +268,20 @@ class _Planner:
         tied = tied_source(name, self.arch.pre_weights)
         return tied if tied in headers else None
 
-    def _typed_task(self, output_name, inputs, base_index, params, model_params) -> TensorTask:
+    def _typed_task(self, output_name, inputs, base_index, params, model_params, base) -> TensorTask:
         headers = [self.checkpoints[i.model].headers[i.name] for i in inputs]
         shapes = [shape for _, shape in headers]
         axis = vocabulary_axis(output_name, len(shapes[0]))
-        shape = self._output_shape(output_name, inputs, shapes, axis)
+        remap = None
+        if self.vocabulary is not None and axis is not None:
+            if len({s[1:] for s in shapes}) > 1:
+                listing = ", ".join(f"{i.model}: {list(s)}" for i, s in zip(inputs, shapes))
+                raise PreflightError(f"tensor {output_name}: shapes differ beyond the vocabulary axis ({listing})")
+            models = [i.model for i in inputs]
+            remap = plan_remap(self.vocabulary, models, base, [s[0] for s in shapes], output_name)
+            shape = (remap.padded_size, *shapes[0][1:])
+        else:
+            shape = self._output_shape(output_name, inputs, shapes, axis)
         load_dtype = self.config.dtype
         dtypes = [load_dtype or dtype for dtype, _ in headers]
         merge_dtype = reduce(torch.promote_types, dtypes)
@@ -277,6 +300,7 @@ class _Planner:
             load_dtype=load_dtype,
             merge_dtype=merge_dtype,
             out_dtype=self.config.out_dtype or result,
+            vocabulary=remap,
         )
 
     def _output_shape(self, output_name, inputs, shapes, axis) -> tuple[int, ...]:

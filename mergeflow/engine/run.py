@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 
 from mergeflow.engine.checkpoint import Checkpoint
-from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
+from mergeflow.engine.config import MergeConfig, ModelRef, did_you_mean, parse_config
 from mergeflow.engine.errors import ConfigError
 from mergeflow.engine.execute import execute
 from mergeflow.engine.layouts import convert_layout
 from mergeflow.engine.lora import apply_adapter
-from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
-from mergeflow.engine.plan import build_plan
+from mergeflow.engine.outputs import write_model_card, write_model_config, write_provenance, write_tokenizer
+from mergeflow.engine.plan import build_plan, donor
 from mergeflow.engine.references import file_sha256, identity, resolve_model
 from mergeflow.engine.writer import ShardWriter, atomic_directory
-from mergeflow.methods import get_method
+from mergeflow.methods import get_method, method_names
 
 log = logging.getLogger("mergeflow")
 
@@ -47,13 +47,18 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     try:
         method = get_method(config.merge_method)
     except KeyError as err:
-        raise ConfigError("merge_method", err.args[0]) from None
+        raise ConfigError("merge_method", err.args[0] + did_you_mean(config.merge_method, method_names())) from None
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
     adapters = {ref: resolve_model(ref.lora, options.transformers_cache, "adapter") for ref in paths if ref.lora}
     checkpoints = {ref: _open(ref, path, adapters.get(ref), options.lora_merge_dtype) for ref, path in paths.items()}
-    plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
+    built = _build_tokenizer(config, paths, checkpoints, options)
+    template = _chat_template(config, paths)
+    plan = build_plan(
+        config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings,
+        built.alignment if built else None,
+    )
     seed = options.random_seed if options.random_seed is not None else secrets.randbelow(2**31)
     if options.random_seed is None:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
@@ -62,10 +67,12 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         inputs = hasher.submit(_input_records, paths, adapters, checkpoints)  # hashes while the merge runs
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
-        donor = checkpoints[plan.donor]
-        write_model_config(staging, donor.config, config, plan.layer_sources)
-        if options.copy_tokenizer:
-            copy_tokenizer(donor.path, staging)
+        donor_checkpoint = checkpoints[plan.donor]
+        vocab_size = built.alignment.padded_size if built else None
+        write_model_config(staging, donor_checkpoint.config, config, plan.layer_sources, vocab_size)
+        write_tokenizer(
+            staging, built.tokenizer if built else None, template, config, donor_checkpoint.path, options.copy_tokenizer
+        )
         if options.write_model_card:
             write_model_card(staging, Path(out).name, config, method)
             (staging / "mergekit_config.yml").write_text(config.text)
@@ -81,13 +88,37 @@ def _open(ref: ModelRef, path: Path, adapter: Path | None, lora_dtype: torch.dty
     return apply_adapter(checkpoint, adapter, str(ref.lora), lora_dtype) if adapter is not None else checkpoint
 
 
+def _build_tokenizer(config: MergeConfig, paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint], options: MergeOptions):
+    """The output tokenizer and alignments, when the config asks for one (before any weight is read)."""
+    if config.tokenizer is None:
+        return None
+    from mergeflow.engine.tokenizer import build_tokenizer
+
+    source = config.tokenizer.source
+    tokenizer_paths = dict(paths)
+    if isinstance(source, ModelRef) and source not in paths:  # a tokenizer donor outside the merge
+        tokenizer_paths[source] = resolve_model(source, options.transformers_cache)
+    configs = {ref: c.config for ref, c in checkpoints.items()}
+    return build_tokenizer(config.tokenizer, donor(config), config.referenced_models(), tokenizer_paths, configs)
+
+
+def _chat_template(config: MergeConfig, paths: dict[ModelRef, Path]) -> str | None:
+    if config.chat_template is None:
+        return None
+    from mergeflow.engine.chat_templates import resolve_chat_template
+    from mergeflow.engine.tokenizer import chat_templates_of
+
+    models = [(ref, paths[ref]) for ref in config.referenced_models()]
+    return resolve_chat_template(config.chat_template, lambda: chat_templates_of(models))
+
+
 def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], checkpoints: dict) -> list[dict]:
     """Each input's identity and the sha256 of every file the merge reads from it (its adapter's too)."""
     records = []
     for ref, path in paths.items():
         checkpoint = checkpoints[ref]
         read = [*(checkpoint.inner.files if ref.lora else checkpoint.files), path / "config.json"]
-        read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") if (path / n).is_file()]
+        read += [path / n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja") if (path / n).is_file()]
         record = {
             "reference": str(ref),
             "identity": identity(ref, path),

@@ -33,8 +33,23 @@ BAD = {
         "merge_method: dare_ties\nbase_model: {base}\nmodels:\n  - model: {m1}\n    parameters:\n      density: 0.5\n      weight: 0.6\n      dare:\n        drop_rate: 0.9\n",
         "config key 'models[0].parameters.dare': is not a mergekit key",
     ),
-    "moe": ("merge_method: moe\nbase_model: {base}\nexperts:\n  - source_model: {m1}\n    positive_prompts: [math]\n", "mergekit-moe"),
-    "tokenizer": ("merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: {m1}\n", "config key 'tokenizer_source': tokenizer merging is not supported yet"),
+    "moe": ("merge_method: moe\nbase_model: {base}\nexperts:\n  - source_model: {m1}\n    positive_prompts: [math]\n", "this is a mergekit-moe config (it has 'experts'); build it with 'mergeflow moe CONFIG OUT'"),
+    "tokenizer_twice": ("merge_method: linear\ntokenizer_source: union\ntokenizer: {{source: base}}\nmodels:\n  - model: {m1}\n", "config key 'tokenizer': cannot be combined with 'tokenizer_source'"),
+    "token_source_kind": (
+        "merge_method: linear\ntokenizer:\n  tokens:\n    x: {{source: {{kind: mean}}}}\nmodels:\n  - model: {m1}\n",
+        "config key 'tokenizer.tokens.x.source.kind': expected 'model_token' or 'zero'",
+    ),
+    "model_token_both": (
+        "merge_method: linear\ntokenizer:\n  tokens:\n    x: {{source: {{kind: model_token, model: {m1}, token: a, token_id: 3}}}}\nmodels:\n  - model: {m1}\n",
+        "config key 'tokenizer.tokens.x.source': a model_token source needs exactly one of 'token' and 'token_id'",
+    ),
+    "pad_multiple": ("merge_method: linear\ntokenizer: {{pad_to_multiple_of: -8}}\nmodels:\n  - model: {m1}\n", "config key 'tokenizer.pad_to_multiple_of': expected a positive integer"),
+    "chat_template_name": ("merge_method: linear\nchat_template: vicuna\nmodels:\n  - model: {m1}\n", "config key 'chat_template': unknown template name 'vicuna'; use 'auto', one of alpaca, chatml, exaone, llama3, mistral"),
+    "chat_template_jinja": ("merge_method: linear\nchat_template: '{{% for m in messages %}}{{{{ m.content }}'\nmodels:\n  - model: {m1}\n", "config key 'chat_template': not a valid Jinja template"),
+    "token_source_not_merged": (
+        "merge_method: linear\ntokenizer:\n  tokens:\n    zzz: {{source: {m2}}}\nmodels:\n  - model: {m1}\n    parameters: {{weight: 1}}\n",
+        "is not merged into model.embed_tokens.weight, so it has no row to give",
+    ),
     "lora": ("merge_method: linear\nmodels:\n  - model: {m1}+/no/such/lora\n    parameters: {{weight: 1}}\n", "adapter /no/such/lora: local path does not exist"),
     "missing_weight": ("merge_method: linear\nmodels:\n  - model: {m1}\n  - model: {m2}\n", "config key 'models[0].parameters.weight': missing required parameter 'weight'"),
     "weight_type": ("merge_method: linear\nmodels:\n  - model: {m1}\n    parameters: {{weight: heavy}}\n", "config key 'models[0].parameters.weight': expected a float"),
@@ -65,6 +80,38 @@ def test_bad_config_fails_cleanly(case, merge_cli, model_dir, tmp_path):
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*")), "staging directory left behind"
+
+
+def test_several_unsupported_things_are_named_in_one_message(merge_cli, model_dir):
+    text = (
+        "merge_method: linear\nmodules:\n  text:\n    models:\n"
+        "      - model: {{model: {m2}, override_architecture: MistralForCausalLM}}\n        parameters: {{weight: 1}}\n"
+    ).format(m2=model_dir("m2"))
+    code, err = merge_cli(text)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "2 things mergeflow does not support yet" in err
+    assert "modules: multi-module configs" in err and "modules.text.models[0].model.override_architecture" in err
+
+
+def test_moe_config_does_not_blame_merge_method(merge_cli, model_dir):
+    code, err = merge_cli(f"base_model: {model_dir('base')}\ngate_mode: hidden\nexperts:\n  - source_model: {model_dir('m1')}\n")
+    assert code == 1 and "merge_method" not in err and "'mergeflow moe CONFIG OUT'" in err
+
+
+def test_near_miss_names_get_did_you_mean(merge_cli, model_dir, tmp_path):
+    text = (
+        f"merge_method: ties\nbase_model: {model_dir('base')}\ntokenizer_sorce: base\nmodels:\n"
+        f"  - model: {model_dir('m1')}\n    parameters: {{weight: 1, densty: 0.5}}\nparameters:\n  nomalize: false\n"
+    )
+    code, err = merge_cli(text)
+    assert code == 0, err
+    assert "tokenizer_sorce (did you mean 'tokenizer_source'?)" in err
+    assert "models[0].parameters.densty (did you mean 'density'?)" in err
+    assert "parameters.nomalize (did you mean 'normalize'?)" in err
+    code, err = merge_cli(_linear(model_dir("m1"), model_dir("m2")) + "parameters: {densty: 0.5}\n")
+    assert code == 0 and "parameters.densty (did you mean 'density'?)" in err  # a parameter of other methods
+    code, err = merge_cli(_linear(model_dir("m1")).replace("linear", "dare_tie"))
+    assert code == 1 and "unknown merge_method 'dare_tie'" in err and "(did you mean 'dare_ties'?)" in err
 
 
 def test_different_architectures_fail_before_reading_weights_unless_crimes(merge_cli, model_dir, tmp_path):
