@@ -84,6 +84,10 @@ class Checkpoint:
             self._pickles[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         return self._pickles[file]
 
+    def file_of(self, name: str) -> Path:
+        """The weight file holding tensor ``name``."""
+        return self._file_of[name]
+
     def load(self, name: str) -> torch.Tensor:
         file = self._file_of[name]
         if file.suffix == ".safetensors":
