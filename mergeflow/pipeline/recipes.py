@@ -129,7 +129,7 @@ def _model_entries(part: dict, prefix: str):
                 yield source, f"{prefix}slices[{i}].sources[{j}]"
 
 
-def _ref_slots(doc: dict):
+def ref_slots(doc: dict):
     """Yield (mapping, key, where) for every model reference in a mergekit or mergekit-moe config."""
     for part, prefix in _parts(doc):
         bases = [(part, prefix)] + [
@@ -279,7 +279,7 @@ class Plan:
 
     def _refs(self, doc: dict, where: str):
         """Yield (mapping, key, node name) for every model reference in ``doc``."""
-        for holder, key, slot in _ref_slots(doc):
+        for holder, key, slot in ref_slots(doc):
             at = f"{where}: {slot}"
             yield holder, key, self._resolve(*parse_ref(holder[key], at), at)
 

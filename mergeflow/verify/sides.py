@@ -128,22 +128,18 @@ def _downloaded_side(repo: str, commit: str, label: str) -> Side:
 def download_verified(repo: str, commit: str, filename: str, sha256: str | None) -> Path:
     """``filename`` from the HF cache (downloading it if needed), its content checked against the
     Hub's LFS sha256: a corrupted cache entry is an error, not a silent difference."""
-    import hashlib
-
     from huggingface_hub import hf_hub_download
+
+    from mergeflow.engine.references import content_sha256
 
     try:
         path = Path(hf_hub_download(repo, filename, revision=commit))
     except Exception as err:
         raise hub_failure(f"cannot download {filename} of {repo}@{commit}", err) from None
-    if sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != sha256:
-            raise VerifyError(
-                f"{repo}@{commit}: {filename} in the HF cache has sha256 {digest.hexdigest()}, the Hub says {sha256}; "
-                "delete it from the cache and retry"
-            )
+    actual = content_sha256(path) if sha256 is not None else None
+    if actual != sha256:
+        raise VerifyError(
+            f"{repo}@{commit}: {filename} in the HF cache has sha256 {actual}, the Hub says {sha256}; "
+            "delete it from the cache and retry"
+        )
     return path
