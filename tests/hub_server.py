@@ -21,7 +21,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
+import yaml
+
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf", ".msgpack")
+
+
+def card_data(readme: bytes) -> dict | None:
+    """The YAML front matter of a model card, as the Hub returns it in ``cardData``."""
+    text = readme.decode(errors="replace")
+    if not text.startswith("---\n") or "\n---" not in text[3:]:
+        return None
+    try:
+        data = yaml.safe_load(text[4 : text.index("\n---", 3)])
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -152,7 +166,8 @@ class Handler(BaseHTTPRequestHandler):
                     metadata = query.get("blobs", ["false"])[0].lower() == "true"
                     siblings = [self.hub.file_entry(p, d, metadata) for p, d in sorted(commit.files.items())]
                     self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
-                                     "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
+                                     "siblings": siblings, "tags": [], "downloads": 0, "likes": 0,
+                                     "cardData": card_data(commit.files.get("README.md", b""))})
                 return
             if rest[0] == "tree":
                 commit = self._commit(repo, rest[1])

@@ -19,15 +19,13 @@ from pathlib import Path
 import yaml
 
 from mergeflow.engine.errors import MergeflowError
+from mergeflow.pipeline.published import CONFIG_FILE, RECIPE_FILE, RECIPE_VERSION
 from mergeflow.pipeline.recipes import parse_ref
 from mergeflow.verify.inputs import PinnedInput, commit_date, config_references, header_checkpoints, pin_inputs, pinned_config
 from mergeflow.verify.sides import VerifyError, hub_failure
 
-RECIPE_FILE = "mergeflow_recipe.yml"
-CONFIG_FILE = "mergekit_config.yml"
 MOE_CONFIG_FILE = "mergekit_moe_config.yml"
 LOCK_FILE = "mergeflow.lock"
-RECIPE_VERSION = 1
 
 
 @dataclass
@@ -73,6 +71,9 @@ def published_steps(repo: str, commit: str) -> tuple[str, list[Step]]:
 def _recipe_steps(recipe) -> list[Step]:
     if not isinstance(recipe, dict) or recipe.get("version") != RECIPE_VERSION or not recipe.get("steps"):
         raise VerifyError(f"{RECIPE_FILE}: not a version-{RECIPE_VERSION} mergeflow recipe with steps:")
+    if recipe.get("local_inputs"):
+        raise VerifyError(f"{RECIPE_FILE}: built from local input(s) {', '.join(map(str, recipe['local_inputs']))}, "
+                          "which are not on the Hub: it cannot be reproduced from the Hub alone")
     steps = []
     for i, entry in enumerate(recipe["steps"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict) or not entry.get("name"):
