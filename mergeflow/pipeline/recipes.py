@@ -25,7 +25,7 @@ RESERVED = {"inputs", "report", "logs"}
 # for variant nodes (STEP--VARIANT), so a name can never collide with one.
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.]|-(?!-))*$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-RECIPE_KEYS = {"name", "variants", "select"}
+RECIPE_KEYS = {"name", "variants", "select", "expect"}
 
 
 class PipelineError(MergeflowError):
@@ -68,6 +68,7 @@ class Node:
     variants: list[str] = field(default_factory=list)
     select_metric: str | None = None
     overrides: dict = field(default_factory=dict)
+    expect: str | None = None  # a published model this step must equal (``mergeflow verify``)
 
     @property
     def method(self) -> str:
@@ -91,6 +92,7 @@ def node_path(name: str, what: str, is_input: bool = False) -> str:
         "manifest": f"{root}/manifest.json",
         "selected": f"{root}/selected.json",
         "provenance": f"{root}/model/provenance.json",
+        "verify": f"{root}/verify.json",
     }[what]
 
 
@@ -259,7 +261,7 @@ class Plan:
             raise PipelineError(f"{where}: variants must map a variant name to overrides")
         if select is not None and not variants:
             raise PipelineError(f"{where}: select: needs variants:")
-        step = Node(name, "step", name, label, engine_doc, parents)
+        step = Node(name, "step", name, label, engine_doc, parents, expect=self._expect(doc, where))
         if variants:
             if select is not None and not (isinstance(select, dict) and isinstance(select.get("metric"), str)):
                 raise PipelineError(f"{where}: select must be {{metric: NAME}}")
@@ -276,6 +278,15 @@ class Plan:
             self.nodes[node_name] = Node(node_name, "variant", name, label, document, parents, overrides=overrides)
             step.variants.append(node_name)
         self.nodes[name] = step  # after its variants: the order the report lists them in
+
+    def _expect(self, doc: dict, where: str) -> str | None:
+        """``expect: REPO[@REV]``: the published model the step is verified against."""
+        if doc.get("expect") is None:
+            return None
+        repo, revision = parse_ref(doc["expect"], f"{where}: expect")
+        if not HUB_RE.match(repo) and not (self.base / repo).is_dir():
+            raise PipelineError(f"{where}: expect: {doc['expect']!r} is not a Hub repo ORG/NAME[@REV] or a local directory")
+        return f"{repo}@{revision}" if revision else repo
 
     def _refs(self, doc: dict, where: str):
         """Yield (mapping, key, node name) for every model reference in ``doc``."""
@@ -327,6 +338,11 @@ class Plan:
     @property
     def variant_steps(self) -> list[str]:
         return [n.name for n in self.steps if n.variants]
+
+    @property
+    def expecting(self) -> list[str]:
+        """Steps verified against a published model."""
+        return [n.name for n in self.steps if n.expect]
 
     def path(self, name: str, what: str) -> str:
         return node_path(name, what, name in self.inputs)
@@ -387,7 +403,9 @@ class Plan:
         entry.update(config=self.engine_config(name, commits), provenance=self.path(name, "provenance"))
         if self.gate:
             entry["gate"] = self.path(name, "gate")
-        return entry if ran else {k: v for k, v in entry.items() if k not in ("eval", "provenance", "gate")}
+        if node.expect:
+            entry.update(expect=node.expect, verify=self.path(name, "verify"))
+        return entry if ran else {k: v for k, v in entry.items() if k not in ("eval", "provenance", "gate", "verify")}
 
     def manifest(self, names: list[str], commits: dict[str, str], stopped: tuple = ()) -> dict:
         """The manifest restricted to ``names``; gate and select settings travel with it."""

@@ -140,6 +140,7 @@ def reproduce(reference: str, out: Path, inputs_as_of: datetime | None, say=prin
         say(f"  {pinned.repo} -> {pinned.commit} ({pinned.date}; {pinned.rule})")
 
     final = steps[-1]
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.steps-", dir=out.absolute().parent))
     try:
         plans = {}

@@ -127,8 +127,17 @@ def gate_files(name):
     return [PLAN.path(name, "gate")] if GATE and name in PLAN.nodes else []
 
 
+def verify_files(name):
+    return [PLAN.path(name, "verify")] if name in PLAN.expecting else []
+
+
 def node_targets(name):
-    return checkpoint_outputs(name) + eval_files(name) + gate_files(name)
+    return (
+        checkpoint_outputs(name)
+        + eval_files(name)
+        + gate_files(name)
+        + verify_files(name)
+    )
 
 
 def reached():
@@ -145,7 +154,7 @@ def report_inputs():
     """The results the report reads; it lists stopped steps as not run."""
     names = reached()
     return read_then_ancient(
-        [f for n in names for f in eval_files(n) + gate_files(n)],
+        [f for n in names for f in eval_files(n) + gate_files(n) + verify_files(n)],
         [f for n in names for f in checkpoint_outputs(n)],
     )
 
