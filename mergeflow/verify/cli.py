@@ -50,8 +50,8 @@ weights are compared (not config.json or the tokenizer).
 exit status: 0 identical, 1 different, 2 bad input""",
         epilog="example: mergeflow verify ./my-merge org/published-merge@main --json verdict.json",
     )
-    p.add_argument("model", help="local model dir or ORG/NAME[@REV]")
-    p.add_argument("reference", help="local model dir or ORG/NAME[@REV] to compare against")
+    p.add_argument("model", metavar="MODEL", help="local model dir or ORG/NAME[@REV]")
+    p.add_argument("reference", metavar="REFERENCE", help="local model dir or ORG/NAME[@REV] to compare against")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full comparison as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=verify_command)

@@ -22,7 +22,9 @@ from mergeflow.engine.errors import MergeflowError
 from mergeflow.pipeline.published import CONFIG_FILE, RECIPE_FILE, RECIPE_VERSION
 from mergeflow.pipeline.recipes import parse_ref
 from mergeflow.verify.inputs import PinnedInput, commit_date, config_references, header_checkpoints, pin_inputs, pinned_config
-from mergeflow.verify.sides import VerifyError, hub_failure
+from mergeflow.verify.candidates import try_candidates
+from mergeflow.verify.sides import VerifyError, hub_failure, hub_side, local_side
+from mergeflow.verify.verify import compare_models
 
 MOE_CONFIG_FILE = "mergekit_moe_config.yml"
 LOCK_FILE = "mergeflow.lock"
@@ -169,9 +171,15 @@ def reproduce(reference: str, out: Path, inputs_as_of: datetime | None, say=prin
     }
     _write_lock(out, lock)
     _record_provenance(out, record)
-    record["verification"] = _verify(out, repo, commit)
+    published_side = hub_side(repo, commit)
+    record["verification"] = compare_models(local_side(out), published_side)
     if record["verification"]["verdict"] != "identical":
         record["diagnosis"] = _diagnose(record["verification"], plan, steps)
+        first = next((d["name"] for d in record["verification"]["differing"] if d["problem"] == "values"), None)
+        if first and not set(_step_refs(final)) & names:  # single merges: candidates of its own inputs
+            say(f"trying nearby commits of the inputs on {first} alone")
+            record["diagnosis"]["candidates"] = try_candidates(
+                final, first, record["diagnosis"]["feeding_inputs"], published_side, f"{source}: {final.name}")
     return record
 
 
@@ -234,13 +242,6 @@ def _record_provenance(out: Path, record: dict) -> None:
     write_json_atomic(path, provenance)
 
 
-def _verify(out: Path, repo: str, commit: str) -> dict:
-    from mergeflow.verify.sides import hub_side, local_side
-    from mergeflow.verify.verify import compare_models
-
-    return compare_models(local_side(out), hub_side(repo, commit))
-
-
 def _diagnose(verification: dict, plan, steps: list[Step]) -> dict:
     """Which inputs feed the differing tensors, and which other commits of them lie near the date."""
     differing = {d["name"] for d in verification["differing"]} | set(verification["only_in_model"])
@@ -276,6 +277,11 @@ def diagnosis_lines(record: dict) -> list[str]:
         lines.append("note: a random method without a published seed: differences are expected")
     if diagnosis["feeding_inputs"]:
         lines.append(f"the differing tensors are computed from: {', '.join(diagnosis['feeding_inputs'])}")
+    for tried in diagnosis.get("candidates", []):
+        if tried["reproduces"]:
+            pins = ", ".join(f"{repo}@{commit}" for repo, commit in tried["inputs"].items())
+            lines.append(f"{tried['tensor']} is reproduced with {pins}: the publisher likely used "
+                         f"{'that commit' if len(tried['inputs']) == 1 else 'those commits'}")
     for repo, near in diagnosis["nearby_commits"].items():
         listed = ", ".join(f"{c['commit'][:12]} ({c['date']})" for c in near[:5])
         lines.append(f"{repo} has other commits near the date: {listed}; try --inputs-as-of DATE or pin "

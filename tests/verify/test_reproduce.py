@@ -74,6 +74,9 @@ def test_the_newest_input_commit_does_not_reproduce_and_the_diagnosis_names_it(p
     assert "org/m1" in diagnosis["feeding_inputs"]
     assert published["m1"] in [c["commit"] for c in diagnosis["nearby_commits"]["org/m1"]]
     assert f"org/m1 has other commits near the date: {published['m1'][:12]}" in result.stdout
+    [tried] = diagnosis["candidates"]  # the one other commit of org/m1, tried on one tensor
+    assert tried["inputs"] == {"org/m1": published["m1"]} and tried["reproduces"]
+    assert f"is reproduced with org/m1@{published['m1']}" in result.stdout
 
 
 def test_a_config_error_is_found_from_headers_without_downloading_weights(published, models, hub, tmp_path, env):
