@@ -17,11 +17,12 @@ def plan_for(tmp_path, recipe: str) -> Plan:
 def test_expect_adds_a_verification_to_the_manifest_but_not_to_the_engine_config(tmp_path):
     plan = plan_for(tmp_path, STEP + "expect: org/published@v1\n")
     commits = {"org/a@main": "c" * 40}
-    entry = plan.manifest_entry("s", commits)
+    entry = plan.manifest_entry("s", commits, checks=True)
     assert (entry["expect"], entry["verify"]) == ("org/published@v1", "results/s/verify.json")
+    assert plan.manifest_entry("s", commits) == plan_for(tmp_path, STEP).manifest_entry("s", commits)
     assert "expect" not in plan.engine_config("s", commits)
     assert plan.expecting == ["s"]
-    assert "verify" not in plan.manifest_entry("s", commits, ran=False)
+    assert "verify" not in plan.manifest_entry("s", commits, ran=False, checks=True)
 
 
 @pytest.mark.parametrize("value", ["", "not a repo", "org/x@"])

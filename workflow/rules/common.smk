@@ -240,14 +240,16 @@ def engine_config_text(wildcards):
     return PLAN.engine_config(wildcards.node, COMMITS)
 
 
-def manifest_text(names, stopped=()):
-    return json.dumps(PLAN.manifest(names, COMMITS, stopped), indent=2) + "\n"
+def manifest_text(names, stopped=(), checks=False):
+    return json.dumps(PLAN.manifest(names, COMMITS, stopped, checks), indent=2) + "\n"
 
 
 def report_manifest_text():
     """All nodes; those a failed gate stopped are listed without results (the report: not run)."""
     return manifest_text(
-        [*PLAN.inputs, *PLAN.nodes], [n for n in PLAN.nodes if stopped_by(n)]
+        [*PLAN.inputs, *PLAN.nodes],
+        [n for n in PLAN.nodes if stopped_by(n)],
+        checks=True,
     )
 
 
