@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import mergeflow, model_files
+from verify_support import mergeflow, model_files
 from engine.oracle import mergekit_merge  # tests/engine: the mergekit 0.1.5 oracle
 
 from mergeflow.pipeline.hub import read_lock

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import torch
-from conftest import mergeflow, model_files
+from verify_support import mergeflow, model_files
 from safetensors.torch import load_file, save_file
 
 
@@ -64,3 +64,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, env):
         result = mergeflow("verify", *args, env=env)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("mergeflow verify: error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupted_cache_entry_is_caught_by_its_content_not_trusted_by_its_name(models, hub, tmp_path, env):
+    hub.hub.commit("org/cached", model_files(models["m1"]))
+    assert mergeflow("verify", str(models["m2"]), "org/cached", env=env).returncode == 1  # downloads the shard
+    [blob] = [p for p in (tmp_path / "hf_home").rglob("blobs/*") if p.stat().st_size > 10_000]
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    result = mergeflow("verify", str(models["m2"]), "org/cached", env=env)
+    assert result.returncode == 2
+    assert "model.safetensors in the HF cache has sha256" in result.stderr
