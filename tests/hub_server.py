@@ -2,7 +2,8 @@
 
 It answers the HTTP calls huggingface_hub 2.x makes for ``model_info(files_metadata=True)``,
 ``snapshot_download``/``hf_hub_download``, ``create_repo``, ``create_commit``/``upload_folder``,
-refs, commits and tags; errors carry the ``X-Error-Code`` header the client maps to its exception
+refs, commits (with dates and parents) and tags, ``get_paths_info`` and the Range reads of
+``get_safetensors_metadata``; errors carry the ``X-Error-Code`` header the client maps to its exception
 types. Large binary files are reported as LFS with their sha256, as the real Hub does, so locks
 carry real LFS hashes. Every file is accepted as a "regular" upload, so no LFS/Xet transfer is
 needed.
@@ -20,7 +21,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
+import yaml
+
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf", ".msgpack")
+
+
+def card_data(readme: bytes) -> dict | None:
+    """The YAML front matter of a model card, as the Hub returns it in ``cardData``."""
+    text = readme.decode(errors="replace")
+    if not text.startswith("---\n") or "\n---" not in text[3:]:
+        return None
+    try:
+        data = yaml.safe_load(text[4 : text.index("\n---", 3)])
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -33,6 +48,7 @@ class Commit:
     files: dict[str, bytes]
     message: str
     date: str
+    parent: str | None = None
 
 
 @dataclass
@@ -46,6 +62,13 @@ class Repo:
         oid = self.refs.get(revision, revision)
         return self.commits.get(oid)
 
+    def history(self, commit: Commit) -> list[Commit]:
+        """``commit`` and its ancestors, newest first (what ``list_repo_commits`` returns)."""
+        found = [commit]
+        while found[-1].parent:
+            found.append(self.commits[found[-1].parent])
+        return found
+
 
 class Hub:
     """The in-memory state; tests seed it directly and read back what was uploaded."""
@@ -55,8 +78,9 @@ class Hub:
         self.lock = threading.Lock()
 
     def commit(self, repo_id: str, files: dict[str, bytes], message: str = "update", branch: str = "main",
-               deleted: tuple[str, ...] = ()) -> str:
-        """Add a commit on ``branch`` holding ``files`` on top of its current tree; returns its oid."""
+               deleted: tuple[str, ...] = (), date: str | None = None) -> str:
+        """Add a commit on ``branch`` holding ``files`` on top of its current tree; returns its oid.
+        ``date`` (ISO 8601, e.g. ``2024-05-01T12:00:00.000Z``) defaults to now."""
         with self.lock:
             repo = self.repos.setdefault(repo_id, Repo())
             parent = repo.resolve(branch)
@@ -66,7 +90,8 @@ class Hub:
             tree.update(files)
             seed = f"{repo_id}\n{parent.oid if parent else ''}\n{message}\n{len(repo.commits)}".encode()
             oid = hashlib.sha1(seed + b"".join(p.encode() + git_blob_sha1(d).encode() for p, d in sorted(tree.items()))).hexdigest()
-            repo.commits[oid] = Commit(oid, tree, message, time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
+            date = date or time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            repo.commits[oid] = Commit(oid, tree, message, date, parent.oid if parent else None)
             repo.refs[branch] = oid
             return oid
 
@@ -141,22 +166,15 @@ class Handler(BaseHTTPRequestHandler):
                     metadata = query.get("blobs", ["false"])[0].lower() == "true"
                     siblings = [self.hub.file_entry(p, d, metadata) for p, d in sorted(commit.files.items())]
                     self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
-                                     "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
+                                     "siblings": siblings, "tags": [], "downloads": 0, "likes": 0,
+                                     "cardData": card_data(commit.files.get("README.md", b""))})
                 return
             if rest[0] == "tree":
                 commit = self._commit(repo, rest[1])
                 if commit:
                     prefix = "/".join(rest[2:])
-                    entries = []
-                    for path, data in sorted(commit.files.items()):
-                        if prefix and not path.startswith(prefix + "/"):
-                            continue
-                        entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
-                        info = self.hub.file_entry(path, data, True)
-                        if "lfs" in info:
-                            entry["lfs"] = {"oid": info["lfs"]["sha256"], "size": len(data), "pointerSize": 134}
-                        entries.append(entry)
-                    self._json(200, entries)
+                    self._json(200, [self._tree_entry(path, data) for path, data in sorted(commit.files.items())
+                                     if not prefix or path.startswith(prefix + "/")])
                 return
             if rest[0] == "refs":
                 branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o}
@@ -168,9 +186,17 @@ class Handler(BaseHTTPRequestHandler):
                 commit = self._commit(repo, rest[1])
                 if commit:
                     self._json(200, [{"id": c.oid, "title": c.message, "message": c.message, "authors": [],
-                                      "date": c.date} for c in reversed(list(repo.commits.values()))])
+                                      "date": c.date} for c in repo.history(commit)])
                 return
         self._resolve_file(head=False)
+
+    def _tree_entry(self, path: str, data: bytes) -> dict:
+        """A file as the tree and paths-info endpoints list it: git sha1, and LFS sha256 for LFS files."""
+        entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+        info = self.hub.file_entry(path, data, True)
+        if "lfs" in info:
+            entry["lfs"] = {"oid": info["lfs"]["sha256"], "size": len(data), "pointerSize": 134}
+        return entry
 
     def _resolve_file(self, head: bool) -> None:
         parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
@@ -193,6 +219,16 @@ class Handler(BaseHTTPRequestHandler):
                             "X-Linked-Size": str(len(data))})
         else:
             headers["ETag"] = f'"{info["blobId"]}"'
+        wanted = self.headers.get("Range", "")
+        if wanted.startswith("bytes=") and not head:  # safetensors header reads
+            first, _, last = wanted[len("bytes="):].partition("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            self.server.ranged.append((path, start, end))
+            self._send(206, data[start:end + 1], headers)
+            return
+        if not head:
+            self.server.served.append(path)
         self._send(200, data, headers, head=head)
 
     def do_POST(self) -> None:
@@ -234,6 +270,12 @@ class Handler(BaseHTTPRequestHandler):
             if action == "commit":
                 self._create_commit(repo_id, repo, revision, body)
                 return
+            if action == "paths-info":
+                commit = self._commit(repo, revision)
+                if commit:
+                    paths = parse_qs(body.decode()).get("paths", [])
+                    self._json(200, [self._tree_entry(p, commit.files[p]) for p in paths if p in commit.files])
+                return
         self._error(404, "EntryNotFound", f"no route for POST {self.path}")
 
     def _create_commit(self, repo_id: str, repo: Repo, branch: str, body: bytes) -> None:
@@ -264,6 +306,8 @@ class HubServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.hub = Hub()
+        self.served: list[str] = []  # paths of whole-file GETs, for tests that count weight downloads
+        self.ranged: list[tuple[str, int, int]] = []  # (path, first, last) of Range GETs
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 

@@ -42,6 +42,15 @@ class Checkpoint:
                 self.headers[name] = header
                 self._file_of[name] = file
 
+    @classmethod
+    def from_headers(cls, label: str, config: dict, headers: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> "Checkpoint":
+        """A model known only by its config and tensor headers (read from the Hub without its
+        weights): enough for planning, and so for a pre-flight that costs no weight bytes."""
+        checkpoint = cls.__new__(cls)
+        checkpoint.path, checkpoint.label, checkpoint.config, checkpoint.files = None, label, config, []
+        checkpoint._pickles, checkpoint._file_of, checkpoint.headers = {}, {}, dict(headers)
+        return checkpoint
+
     def _read_config(self) -> dict:
         config_path = self.path / "config.json"
         if not config_path.is_file():
@@ -83,6 +92,10 @@ class Checkpoint:
         if file not in self._pickles:
             self._pickles[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         return self._pickles[file]
+
+    def file_of(self, name: str) -> Path:
+        """The weight file holding tensor ``name``."""
+        return self._file_of[name]
 
     def load(self, name: str) -> torch.Tensor:
         file = self._file_of[name]

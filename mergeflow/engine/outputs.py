@@ -7,8 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import yaml
-
 from mergeflow import __version__
 from mergeflow.engine.architecture import layer_count_key
 from mergeflow.engine.config import DTYPES, MergeConfig, ModelRef
@@ -94,32 +92,56 @@ def is_hub_reference(ref: ModelRef) -> bool:
 
 
 def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec) -> None:
-    base = config.base_model
-    sides = [side for r in config.referenced_models() for side in (r.base, r.lora) if side is not None]
-    hub_models = [str(side) for side in dict.fromkeys(sides) if is_hub_reference(side)]
-    front = yaml.dump({"base_model": hub_models, "library_name": "transformers", "tags": ["mergekit", "merge", "mergeflow"]})
+    from mergeflow.engine.card import CardContent, render
+
+    refs = config.referenced_models()
+    base = config.base_model if method.requires_base else None
+    sides = [side for r in refs for side in (r.base, r.lora) if side is not None]
     name = method.pretty_name or method.name
     method_line = f"[{name}]({method.reference_url})" if method.reference_url else name
-    if base is not None and method.name != "slerp":
-        method_line += f" using {_md_model(base)} as a base"
-    merged = [r for r in config.referenced_models() if r != base or method.name == "slerp"]
-    lines = [
-        "---", front.rstrip(), "---", f"# {title}", "",
+    sentence = f"This model was merged with the {method_line} merge method"
+    sentence += f", with {_md_model(base)} as the base model." if base is not None else "."
+    # SLERP interpolates between its two models, the base being one end: both were merged.
+    merged = [r for r in refs if r != base or method.name == "slerp"]
+    details = "\n".join([
         "This is a merge of pre-trained language models created with "
         "[mergeflow](https://github.com/mergeflow/mergeflow), whose engine reproduces mergekit 0.1.5 bit for bit.",
-        "", "## Merge Details", "### Merge Method", "", f"This model was merged using the {method_line} merge method.",
+        "", "### Merge Method", "", sentence,
         "", "### Models Merged", "", "The following models were included in the merge:",
         *[f"* {_md_model(r)}" for r in merged],
-        "", "### Configuration", "", "The following YAML configuration was used to produce this model:", "",
-        "```yaml", config.text.rstrip(), "```", "",
-    ]
-    (out / "README.md").write_text("\n".join(lines))
+    ])
+    configuration = "\n".join(["The following YAML configuration was used to produce this model:", "",
+                                "```yaml", config.text.rstrip(), "```"])
+    content = CardContent(
+        title=title,
+        base_models=[side.path for side in dict.fromkeys(sides) if is_hub_reference(side)],
+        sections=[("Merge Details", details), ("Configuration", configuration)],
+        licenses=[_local_license(r) for r in refs],
+        usage_repo=title,
+    )
+    (out / "README.md").write_text(render(content))
+
+
+def _local_license(ref: ModelRef) -> str | None:
+    """The licence in a local input's model card, if it has one (Hub inputs' cards are not fetched)."""
+    card = Path(ref.path) / "README.md"
+    if is_hub_reference(ref) or not card.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(card, ignore_metadata_errors=True).data.license
+    except Exception:  # an unreadable card claims no licence
+        return None
 
 
 def _md_model(ref: ModelRef) -> str:
     if ref.lora:
         return f"{_md_model(ref.base)} + {_md_model(ref.lora)}"
-    return f"[{ref}](https://huggingface.co/{ref.path})" if is_hub_reference(ref) else str(ref)
+    if not is_hub_reference(ref):
+        return str(ref)
+    url = f"https://huggingface.co/{ref.path}" + (f"/tree/{ref.revision}" if ref.revision else "")
+    return f"[{ref}]({url})"
 
 
 def write_provenance(out: Path, record: dict) -> None:

@@ -69,6 +69,11 @@ def file_sha256(path: Path) -> str:
         blob = path.resolve()
         if blob.parent.name == "blobs" and _SHA256_NAME.match(blob.name):
             return blob.name
+    return content_sha256(path)
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of the bytes themselves: what checks a download (a cache's file names prove nothing)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 24), b""):

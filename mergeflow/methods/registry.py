@@ -87,6 +87,7 @@ class MethodSpec:
     max_others: int | None = None
     result_dtype: Callable[[torch.dtype], torch.dtype] = same_dtype
     uses_accelerator: bool = True
+    draws_random: bool = False  # the result depends on the seed (DARE, DELLA)
     pretty_name: str = ""
     reference_url: str | None = None
     param_index: Mapping[str, Param] = field(init=False, repr=False, compare=False)

@@ -109,7 +109,7 @@ def fetch(entry: dict) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from mergeflow.engine.references import file_sha256
+    from mergeflow.engine.references import content_sha256
 
     repo, commit, files = entry["repo"], entry["commit"], sorted(entry["files"])
     try:
@@ -122,8 +122,8 @@ def fetch(entry: dict) -> Path:
             snapshot = Path(snapshot_download(repo, revision=commit, allow_patterns=files))
         except Exception as err:
             raise hub_error(f"cannot download {repo}@{commit}", err) from None
-    for name in files:
-        actual = file_sha256(snapshot / name)
+    for name in files:  # by content: a corrupted blob keeps its sha256 name in the cache
+        actual = content_sha256(snapshot / name)
         if actual != entry["files"][name]["sha256"]:
             raise PipelineError(
                 f"{repo}@{commit}: {name} has sha256 {actual}, the lock says {entry['files'][name]['sha256']}"

@@ -92,6 +92,8 @@ class Node:
     selected: str | None = None
     variant_of: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    expect: str | None = None  # a published model the step is verified against
+    verify: str | None = None  # that verification's JSON (mergeflow verify --json)
 
 
 @dataclass(frozen=True)
@@ -826,6 +828,7 @@ class ReportInputs:
     gates: dict[str, dict[str, Any]]
     selections: dict[str, dict[str, Any]]
     provenance: dict[str, dict[str, Any]]
+    verifications: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def collect(manifest: Manifest) -> ReportInputs:
@@ -839,6 +842,7 @@ def collect(manifest: Manifest) -> ReportInputs:
         gates=each("gate"),
         selections=each("selected"),
         provenance=each("provenance"),
+        verifications=each("verify"),
     )
 
 
@@ -933,6 +937,7 @@ class Page:
             self.plot_section(),
             self.scores(),
             self.details(),
+            self.published_checks(),
         ]
         return head + "\n".join(sections) + "\n</body></html>\n"
 
@@ -1302,6 +1307,29 @@ class Page:
             "precision of its stderr; the best of each row is bold. Variants are under "
             '<a href="#variants">Variants</a> and in each step\'s details.</p>' + table
         )
+
+    # ---------------------------------------------------------------- published checks
+
+    def published_checks(self) -> str:
+        """Steps with ``expect:``: bit-identical to the published model or not (mergeflow verify)."""
+        expecting = [n for n in self.steps if n.expect]
+        if not expecting:
+            return ""
+        rows = []
+        for node in expecting:
+            record = self.inputs.verifications.get(node.name)
+            if record is None:
+                rows.append([td(node.name), td(node.expect), td("not run", "muted"), td("")])
+                continue
+            identical = record.get("verdict") == "identical"
+            differing = record.get("differing", [])
+            names = [d["name"] for d in differing] + record.get("only_in_model", []) + record.get("only_in_reference", [])
+            what = "" if identical else f"{len(names)} tensor(s) differ: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
+            rows.append([td(node.name), td(record.get("reference", node.expect)),
+                         td("identical" if identical else "different", "pass" if identical else "fail"), td(what)])
+        return ('<h2 id="published">Published-model checks</h2><p class="muted">Steps with <code>expect:</code>, '
+                "compared tensor by tensor with the published model (bit-identical or not).</p>"
+                + table_html(["step", "expected", "verdict", "differences"], rows))
 
     # ---------------------------------------------------------------- details
 

@@ -165,8 +165,8 @@ def test_hub_base_and_adapter_at_revisions(model_dir, adapter, tmp_path):
     assert entry["lora"]["identity"] == f"org/lora@{lora_commit}"
     assert_bit_identical(out, tmp_path / "local")
     card = (out / "README.md").read_text()
-    assert f"- org/base@{base_commit}\n- org/lora@v1\n" in card
-    assert "[org/lora@v1](https://huggingface.co/org/lora)" in card
+    assert "base_model:\n- org/base\n- org/lora\n" in card  # the Hub wants plain repo ids
+    assert "[org/lora@v1](https://huggingface.co/org/lora/tree/v1)" in card
 
 
 @pytest.mark.parametrize(

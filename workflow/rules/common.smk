@@ -127,8 +127,17 @@ def gate_files(name):
     return [PLAN.path(name, "gate")] if GATE and name in PLAN.nodes else []
 
 
+def verify_files(name):
+    return [PLAN.path(name, "verify")] if name in PLAN.expecting else []
+
+
 def node_targets(name):
-    return checkpoint_outputs(name) + eval_files(name) + gate_files(name)
+    return (
+        checkpoint_outputs(name)
+        + eval_files(name)
+        + gate_files(name)
+        + verify_files(name)
+    )
 
 
 def reached():
@@ -145,7 +154,7 @@ def report_inputs():
     """The results the report reads; it lists stopped steps as not run."""
     names = reached()
     return read_then_ancient(
-        [f for n in names for f in eval_files(n) + gate_files(n)],
+        [f for n in names for f in eval_files(n) + gate_files(n) + verify_files(n)],
         [f for n in names for f in checkpoint_outputs(n)],
     )
 
@@ -231,14 +240,16 @@ def engine_config_text(wildcards):
     return PLAN.engine_config(wildcards.node, COMMITS)
 
 
-def manifest_text(names, stopped=()):
-    return json.dumps(PLAN.manifest(names, COMMITS, stopped), indent=2) + "\n"
+def manifest_text(names, stopped=(), checks=False):
+    return json.dumps(PLAN.manifest(names, COMMITS, stopped, checks), indent=2) + "\n"
 
 
 def report_manifest_text():
     """All nodes; those a failed gate stopped are listed without results (the report: not run)."""
     return manifest_text(
-        [*PLAN.inputs, *PLAN.nodes], [n for n in PLAN.nodes if stopped_by(n)]
+        [*PLAN.inputs, *PLAN.nodes],
+        [n for n in PLAN.nodes if stopped_by(n)],
+        checks=True,
     )
 
 
