@@ -347,8 +347,10 @@ def job_resources(family, mem_mb=None, runtime=None, cpus=1, device="cpu"):
 
 
 def download_minutes(wildcards):
-    """A download job's runtime: 10 minutes, plus 2 per GB (about 8 MB/s, and the hashing)."""
-    return 10 + 2 * model_mb(wildcards.model) // 1024
+    """A download or upload job's runtime: 10 minutes, plus 2 per GB of the model (about
+    8 MB/s, and the hashing)."""
+    name = wildcards.model if hasattr(wildcards, "model") else wildcards.node
+    return 10 + 2 * model_mb(name) // 1024
 
 
 # ---------------------------------------------------------------- checks before any job runs
