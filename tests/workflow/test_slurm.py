@@ -1,7 +1,8 @@
 """The full demo through profiles/slurm on a real one-node SLURM cluster: every job but the
 bookkeeping goes through sbatch (one per merge and per evaluation), the config's cluster options
 and the size estimates reach sbatch, a second run submits nothing, and a merge cancelled with
-scancel is redone cleanly by the next run.
+scancel is redone cleanly by the next run. Two short runs check `where: job` (downloads and
+bookkeeping as jobs too) and that Hub models on a cluster need HF_HOME.
 
 The module starts munge (unless one already runs), slurmctld and slurmd, with a fake GPU
 (``Gres=gpu:fake:1`` on /dev/null), reads every job back with ``scontrol show job`` (``MinJobAge``
@@ -324,7 +325,7 @@ def our_jobs(run: Run) -> dict[str, dict[str, str]]:
     for job in scontrol_jobs():
         if job["JobName"] == name:
             rule, _, wildcards = job["Comment"].removeprefix("rule_").partition("_wildcards_")
-            jobs[f"{rule}[{wildcards}]"] = job
+            jobs[f"{rule}[{wildcards}]" if wildcards else rule] = job
     return jobs
 
 
@@ -457,3 +458,27 @@ def test_hub_models_on_a_cluster_need_hf_home(cluster, job_env, hub, models, tmp
     assert run.returncode != 0
     assert "HF_HOME is not set: cluster jobs read Hub models from the HF cache" in run.output, run.output[-3000:]
     assert not submitted_ids(run) and not (tmp_path / "results").exists()
+
+
+def test_where_job_submits_downloads_and_bookkeeping_too(cluster, job_env, models, tmp_path):
+    """cluster.download.where and cluster.small.where set to `job`: fingerprints, gates and the
+    report become sbatch jobs with their family's resources (a one-step recipe, one document)."""
+    recipe = "name: step1\nmerge_method: linear\nmodels:\n  - model: m1\n    parameters: {weight: 0.5}\n"
+    recipe += "  - model: m2\n    parameters: {weight: 0.5}\n"
+    make_workdir(
+        tmp_path, recipe, {"m1": models["m1"], "m2": models["m2"]},
+        evaluation={"tasks": ["demo_add"], "include_path": str(REPO / "workflow" / "demo" / "tasks"), "limit": 1},
+        gate={"metric": "demo_add/exact_match", "min": 0.0},
+        cluster={"download": {"where": "job"}, "small": {"where": "job", "runtime": 4}, "evaluate": {"cpus": 1}},
+    )
+    shutil.copytree(REPO / "profiles" / "slurm", tmp_path / "profile")
+    run, _ = run_slurm(tmp_path, job_env, cluster)
+    jobs = our_jobs(run)
+    assert set(jobs) == {
+        "fetch_model[m1]", "fetch_model[m2]", "merge[step1]", "gate[step1]", "report",
+        "evaluate[inputs_m1]", "evaluate[inputs_m2]", "evaluate[step1]",
+    }
+    assert all(job["JobState"] == "COMPLETED" for job in jobs.values()), jobs
+    assert jobs["fetch_model[m1]"]["TimeLimit"] == "00:10:00"  # 10 minutes + 2 per GB
+    assert megabytes(jobs["fetch_model[m1]"]["MinMemoryNode"]) == 4096
+    assert jobs["gate[step1]"]["TimeLimit"] == jobs["report"]["TimeLimit"] == "00:04:00"
