@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo's config, unless `--configfile` names another (e.g. config/examples/*/config.yaml):
+# that one then replaces it, rather than being merged into it. Jobs get the same --configfile.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "reports/workflow.rst"

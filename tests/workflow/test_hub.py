@@ -67,3 +67,12 @@ def test_download_that_does_not_match_the_lock_is_rejected(tmp_path, hub, env, m
     assert result.returncode == 1
     assert "model.safetensors has sha256" in result.stderr and "the lock says 0000" in result.stderr
     assert not (tmp_path / "digest.txt").exists()
+
+
+def test_the_hub_token_is_in_nothing_the_run_wrote(baseline, env):
+    """The baseline ran with HF_TOKEN exported and fetched a Hub model: no result, log, lock or
+    Snakemake record holds the token."""
+    token = env["HF_TOKEN"].encode()
+    written = [p for p in baseline.rglob("*") if p.is_file()]
+    assert any(p.name == "models.lock" for p in written)
+    assert [p for p in written if token in p.read_bytes()] == []

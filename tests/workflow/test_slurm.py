@@ -1,12 +1,14 @@
-"""profiles/slurm on a real one-node SLURM cluster: the jobs go through sbatch, and what the rules
-declare (mem_mb, runtime, threads, gpu) and what the profile sets (partition, default resources)
-reaches SLURM.
+"""The full demo through profiles/slurm on a real one-node SLURM cluster: every job but the
+bookkeeping goes through sbatch (one per merge and per evaluation), the config's cluster options
+and the size estimates reach sbatch, a second run submits nothing, and a merge cancelled with
+scancel is redone cleanly by the next run. Two short runs check `where: job` (downloads and
+bookkeeping as jobs too) and that Hub models on a cluster need HF_HOME.
 
 The module starts munge (unless one already runs), slurmctld and slurmd, with a fake GPU
-(``Gres=gpu:fake:1`` on /dev/null), runs a one-step recipe through the profile, reads every job
-back with ``scontrol show job`` (``MinJobAge`` keeps finished jobs listed), and stops the daemons it
-started, by PID. It needs root and the Debian packages slurmctld, slurmd, slurm-client and munge
-(``.ci/run`` installs them); without them it is skipped.
+(``Gres=gpu:fake:1`` on /dev/null), reads every job back with ``scontrol show job`` (``MinJobAge``
+keeps finished jobs listed), and stops the daemons it started, by PID. It needs root and the
+Debian packages slurmctld, slurmd, slurm-client and munge (``.ci/run`` installs them); without
+them it is skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, STEP1, Run, make_workdir, snakemake_command
+from conftest import BIN, REPO, Run, make_workdir, model_files, snakemake_command
 
 pytestmark = pytest.mark.workflow
 
@@ -35,8 +37,9 @@ PROGRAMS = ("munged", "slurmctld", "slurmd", "munge", "sbatch", "squeue", "scont
 CONF_DIR = Path("/etc/slurm")
 MARKER = "# Written by mergeflow's tests/workflow/test_slurm.py for the length of the test.\n"
 PARTITION = "mergeflow"  # not the cluster's default partition: the profile's choice must show
-MINUTES = {"merge": 7, "evaluate": 9}  # runtimes the test config sets; the profile default is 30
-SNAKEMAKE_LIMIT = 420  # seconds before the run is interrupted (SIGINT: Snakemake cancels its jobs)
+GPU_PARTITION = "gpu"  # what the test config sets for merges (cluster.merge.partition)
+MINUTES = {"merge": 7, "evaluate": 9}  # runtimes the test config sets
+SNAKEMAKE_LIMIT = 900  # seconds before a run is interrupted (SIGINT: Snakemake cancels its jobs)
 
 
 def program(name: str) -> str | None:
@@ -182,6 +185,7 @@ GresTypes=gpu
 NodeName={host} NodeAddr=127.0.0.1 CPUs={len(os.sched_getaffinity(0))} RealMemory={mem_mb} Gres=gpu:fake:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 PartitionName={PARTITION} Nodes=ALL MaxTime=INFINITE State=UP
+PartitionName={GPU_PARTITION} Nodes=ALL MaxTime=INFINITE State=UP
 """
     gres_conf = f"""\
 AutoDetect=off
@@ -240,48 +244,61 @@ def cluster(tmp_path_factory):
                     path.unlink()
 
 
-@pytest.fixture(scope="module")
-def slurm_run(cluster, models, offline_env, tmp_path_factory):
-    """One run of step1 (merge of m1 and m2) and its evaluation through profiles/slurm, with
-    ``--set-resources merge:gpu=1``: the merge still runs on CPU, but asks SLURM for a GPU."""
-    workdir = tmp_path_factory.mktemp("slurm_work")
-    threads = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
-    make_workdir(
-        workdir,
-        STEP1,
-        {name: models[name] for name in ("m1", "m2")},
-        "step1.yaml",
-        merge={"threads": threads, "runtime": MINUTES["merge"]},
-        evaluation={  # one document of one of the embedded demo tasks
-            "tasks": ["demo_add"],
-            "include_path": str(REPO / "workflow" / "demo" / "tasks"),
-            "limit": 1,
-            "runtime": MINUTES["evaluate"],
-        },
-    )
-    # The profile as a user would use it, with the partition set.
+def demo_workdir(workdir: Path, threads: int) -> None:
+    """The embedded demo as `make run` runs it (config/, workflow/demo/), with cluster options
+    the test checks, and profiles/slurm as a user would use it, with a default partition set."""
+    shutil.copytree(REPO / "config", workdir / "config")
+    shutil.copytree(REPO / "workflow" / "demo", workdir / "workflow" / "demo")
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["cluster"]["merge"].update(partition=GPU_PARTITION, gpus=1, cpus=threads, runtime=MINUTES["merge"])
+    config["cluster"]["evaluate"].update(cpus=1, runtime=MINUTES["evaluate"])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     profile["default-resources"]["slurm_partition"] = PARTITION
     (workdir / "profile").mkdir()
     (workdir / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
 
+
+def through_slurm(workdir: Path, env: dict) -> list[str]:
+    return [
+        "timeout", "-s", "INT", "-k", "60", str(SNAKEMAKE_LIMIT),
+        *snakemake_command(
+            workdir,
+            "--profile", str(workdir / "profile"),
+            # For the test only: check status after 2 s, not 20 (MinJobAge=600 allows it).
+            "--slurm-init-seconds-before-status-checks", "2",
+        ),
+    ]
+
+
+def run_slurm(workdir: Path, env: dict, cluster: Cluster) -> tuple[Run, float]:
     started = time.monotonic()
-    command = snakemake_command(
-        workdir,
-        "--profile", str(workdir / "profile"),
-        "--set-resources", "merge:gpu=1",
-        # For the test only: check status after 2 s, not 20 (MinJobAge=600 allows it).
-        "--slurm-init-seconds-before-status-checks", "2",
-        "results/step1/eval/results.json",
-    )
     result = subprocess.run(
-        ["timeout", "-s", "INT", "-k", "60", str(SNAKEMAKE_LIMIT), *command],
-        cwd=workdir, env=offline_env, capture_output=True, text=True, timeout=SNAKEMAKE_LIMIT + 90,
+        through_slurm(workdir, env), cwd=workdir, env=env, capture_output=True, text=True, timeout=SNAKEMAKE_LIMIT + 90
     )
     run = Run.of(result)
-    seconds = time.monotonic() - started
     assert run.returncode == 0, f"{run.output[-6000:]}\n{cluster.logs()}"
-    print(f"snakemake through SLURM: {seconds:.1f} s")
+    return run, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def job_env(env):
+    """The test environment (Hub token exported), but without the venv on PATH: the jobs must
+    find mergeflow by themselves, as on a login node where nobody activated it."""
+    path = [p for p in env["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve()]
+    return {**env, "PATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(cluster, job_env, tmp_path_factory):
+    """The full default demo (two steps with variants, evaluations, gates, selection, report)
+    through profiles/slurm."""
+    workdir = tmp_path_factory.mktemp("slurm_demo")
+    threads = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    demo_workdir(workdir, threads)
+    run, seconds = run_slurm(workdir, job_env, cluster)
+    print(f"\nthe demo through SLURM: {seconds:.1f} s")
     return workdir, run, threads
 
 
@@ -295,55 +312,173 @@ def megabytes(value: str) -> int:
     return int(float(value[:-1]) * {"M": 1, "G": 1024, "T": 1024**2}[value[-1]])
 
 
+def run_id(run: Run) -> str | None:
+    return next((line.split("SLURM run ID:")[1].strip() for line in run.output.splitlines() if "SLURM run ID:" in line), None)
+
+
 def our_jobs(run: Run) -> dict[str, dict[str, str]]:
-    """The run's SLURM jobs (their name is the run ID the plugin prints), keyed by comment,
-    which the plugin sets to ``rule_RULE_wildcards_WILDCARDS``."""
-    run_id = next(line.split("SLURM run ID:")[1].strip() for line in run.output.splitlines() if "SLURM run ID:" in line)
-    return {job["Comment"]: job for job in scontrol_jobs() if job["JobName"] == run_id}
+    """The run's SLURM jobs (their name is the run ID the plugin prints), keyed by
+    ``RULE[WILDCARDS]`` from the comment the plugin sets (``rule_RULE_wildcards_WILDCARDS``, a
+    ``/`` written as ``_``: see ``as_comment``)."""
+    name = run_id(run)
+    jobs = {}
+    for job in scontrol_jobs():
+        if job["JobName"] == name:
+            rule, _, wildcards = job["Comment"].removeprefix("rule_").partition("_wildcards_")
+            jobs[f"{rule}[{wildcards}]" if wildcards else rule] = job
+    return jobs
 
 
-def test_jobs_run_through_slurm(slurm_run):
-    workdir, run, _ = slurm_run
-    assert run.jobs == {"fetch_model[m1]", "fetch_model[m2]", "engine_config[step1]", "merge[step1]", "evaluate[step1]"}
+def as_comment(job: str) -> str:
+    """A job named as in Snakemake's output (``evaluate[inputs/base]``), as ``our_jobs`` keys it."""
+    return job.replace("/", "_")
+
+
+def submitted_ids(run: Run) -> set[str]:
+    return {line.split("SLURM jobid ")[1].split()[0] for line in run.output.splitlines() if "SLURM jobid" in line}
+
+
+DEMO_INPUTS = ["base", "add", "rev", "copy"]
+DEMO_VARIANTS = ["step1--a50", "step1--a75", "step2--c25", "step2--c50"]
+MERGES = {f"merge[{node}]" for node in DEMO_VARIANTS}
+EVALUATIONS = {as_comment(f"evaluate[inputs/{name}]") for name in DEMO_INPUTS} | {f"evaluate[{node}]" for node in DEMO_VARIANTS}
+
+
+def test_demo_costs_one_sbatch_job_per_merge_and_evaluation(demo_run):
+    workdir, run, _ = demo_run
     jobs = our_jobs(run)
-    # engine_config is a local rule: it runs in the Snakemake process itself.
-    assert set(jobs) == {
-        "rule_fetch_model_wildcards_m1",
-        "rule_fetch_model_wildcards_m2",
-        "rule_merge_wildcards_step1",
-        "rule_evaluate_wildcards_step1",
-    }
+    assert set(jobs) == MERGES | EVALUATIONS  # 12; all bookkeeping ran on the submitting node
     for job in jobs.values():
         assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
-    submitted = {line.split("SLURM jobid ")[1].split()[0] for line in run.output.splitlines() if "SLURM jobid" in line}
-    assert submitted == {job["JobId"] for job in jobs.values()}
-    assert (workdir / "results" / "step1" / "model" / "config.json").is_file()
-    assert (workdir / "results" / "step1" / "model.sha256").is_file()
-    results = json.loads((workdir / "results" / "step1" / "eval" / "results.json").read_text())
-    assert results["results"]["demo_add"]["sample_len"] == 1  # evaluation.limit reached lm-eval
+    assert submitted_ids(run) == {job["JobId"] for job in jobs.values()}
+    # Everything else the demo needs ran too, as local jobs.
+    assert {"gate[step1]", "gate[step2--c25]", "select[step2]", "promote[step1]", "report"} <= run.jobs
+    assert {as_comment(j) for j in run.jobs} - set(jobs) == {j for j in run.jobs if not j.startswith(("merge[", "evaluate["))}
+    for step in ("step1", "step2"):
+        assert json.loads((workdir / "results" / step / "gate.json").read_text())["passed"] is not None
+        assert (workdir / "results" / step / "model" / "config.json").is_file()
+    assert "step2" in (workdir / "results" / "report" / "index.html").read_text()
 
 
-def test_declared_resources_reach_sbatch(slurm_run, models):
-    """mem_mb -> --mem, runtime -> -t, threads -> --cpus-per-task, gpu -> --gpus, and the profile's
-    partition (-p) and default resources for rules that declare none."""
-    _, run, threads = slurm_run
+def test_cluster_options_reach_sbatch(demo_run):
+    """cluster.merge (partition, gpus, cpus, runtime) and cluster.evaluate (cpus, runtime) as
+    sbatch flags; memory estimated from the model size; the profile's partition where the
+    config sets none."""
+    workdir, run, threads = demo_run
     jobs = our_jobs(run)
-    mb = max(model_mb(models["m1"]), model_mb(models["m2"]))
-    merge, evaluate = jobs["rule_merge_wildcards_step1"], jobs["rule_evaluate_wildcards_step1"]
-    fetch = jobs["rule_fetch_model_wildcards_m1"]
+    mb = model_mb(workdir / "workflow" / "demo" / "models" / "base")
+    for name in MERGES:
+        merge = jobs[name]
+        assert merge["Partition"] == GPU_PARTITION, merge
+        assert megabytes(merge["MinMemoryNode"]) == 2048 + mb
+        assert merge["TimeLimit"] == f"00:{MINUTES['merge']:02d}:00"
+        assert merge["NumCPUs"] == str(threads) and merge["CPUs/Task"] == str(threads)
+        assert merge["TresPerJob"] == "gres:gpu:1", merge  # what --gpus=1 becomes
+    for name in EVALUATIONS:
+        evaluate = jobs[name]
+        assert evaluate["Partition"] == PARTITION, evaluate
+        assert megabytes(evaluate["MinMemoryNode"]) == 2048 + 2 * mb
+        assert evaluate["TimeLimit"] == f"00:{MINUTES['evaluate']:02d}:00"
+        assert evaluate["NumCPUs"] == "1"
+        assert "TresPerJob" not in evaluate, evaluate
 
-    for job in jobs.values():
-        assert job["Partition"] == PARTITION, job
-    assert megabytes(merge["MinMemoryNode"]) == 2048 + mb
-    assert merge["TimeLimit"] == f"00:{MINUTES['merge']:02d}:00"
-    assert merge["NumCPUs"] == str(threads) and merge["CPUs/Task"] == str(threads)
-    assert merge["TresPerJob"] == "gres:gpu:1", merge  # what --gpus=1 becomes
 
-    assert megabytes(evaluate["MinMemoryNode"]) == 2048 + 2 * mb
-    assert evaluate["TimeLimit"] == f"00:{MINUTES['evaluate']:02d}:00"
-    assert evaluate["NumCPUs"] == "1"
-    assert "TresPerJob" not in evaluate, evaluate
+def test_the_hub_token_is_in_nothing_written(demo_run, job_env):
+    workdir, run, _ = demo_run
+    token = job_env["HF_TOKEN"].encode()
+    leaks = [p for p in workdir.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert leaks == []
+    assert "HF_TOKEN is exported" in run.output  # and the run recommends the token file
 
-    # fetch_model declares nothing: the profile's default-resources apply.
-    assert megabytes(fetch["MinMemoryNode"]) == 2048
-    assert fetch["TimeLimit"] == "00:30:00"
+
+def test_second_run_submits_nothing(demo_run, job_env, cluster):
+    workdir, _, _ = demo_run
+    run, _ = run_slurm(workdir, job_env, cluster)
+    assert "Nothing to be done" in run.output
+    assert not submitted_ids(run)
+
+
+def squeue_merges() -> dict[str, str]:
+    """Running merge jobs: {job id: state}."""
+    out = slurm("squeue", "-h", "-o", "%i %T %k")
+    return {i: state for i, state, comment in (line.split(maxsplit=2) for line in out.splitlines()) if comment.startswith("rule_merge_")}
+
+
+def test_cancelled_merge_is_redone_cleanly(demo_run, job_env, cluster):
+    """scancel a merge job while it runs; the run fails, and the next one redoes the merge (same
+    weights) and leaves no staging directory behind."""
+    workdir, _, _ = demo_run
+    node = workdir / "results" / "step2--c50"
+    digest = (node / "model.sha256").read_text()
+    shutil.rmtree(node / "model")
+    (node / "model.sha256").unlink()
+
+    process = subprocess.Popen(
+        through_slurm(workdir, job_env), cwd=workdir, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        running = wait_for("the merge job to run", lambda: [i for i, s in squeue_merges().items() if s == "RUNNING"], timeout=120)
+        # Cancel once the engine writes its staging dir (or after 30 s, mid-job anyway).
+        deadline = time.monotonic() + 30
+        while not list(node.glob(".model.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        staging_seen = bool(list(node.glob(".model.tmp-*")))
+        slurm("scancel", *running)
+        output, _ = process.communicate(timeout=SNAKEMAKE_LIMIT + 90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0, output[-4000:]
+    assert {job["JobState"] for job in scontrol_jobs() if job["JobId"] in running} == {"CANCELLED"}
+    assert not (node / "model.sha256").exists()
+    print(f"\nstaging dir present when cancelled: {staging_seen}")
+
+    run, _ = run_slurm(workdir, job_env, cluster)
+    jobs = our_jobs(run)
+    assert "merge[step2--c50]" in jobs, set(jobs)
+    assert all(job["JobState"] == "COMPLETED" for job in jobs.values()), jobs
+    assert (node / "model.sha256").read_text() == digest
+    assert [p for p in (workdir / "results").rglob(".model.*")] == []
+    if staging_seen:
+        assert "mergeflow: removed results/step2--c50/.model.tmp-" in run.output
+
+
+def test_hub_models_on_a_cluster_need_hf_home(cluster, job_env, hub, models, tmp_path):
+    """Without HF_HOME the login node would cache into a home directory the compute nodes may
+    not see: the run stops before submitting anything, in one line."""
+    hub.hub.commit("org/slurm-m2", model_files(models["m2"]), "initial")
+    recipe = "name: s\nmerge_method: linear\nmodels:\n  - model: m1\n    parameters: {weight: 0.5}\n"
+    recipe += "  - model: org/slurm-m2\n    parameters: {weight: 0.5}\n"
+    make_workdir(tmp_path, recipe, {"m1": models["m1"]})
+    shutil.copytree(REPO / "profiles" / "slurm", tmp_path / "profile")
+    env = {k: v for k, v in job_env.items() if k not in ("HF_HOME", "HF_HUB_CACHE")}
+    env.update(HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="0")
+    result = subprocess.run(through_slurm(tmp_path, env), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = Run.of(result)
+    assert run.returncode != 0
+    assert "HF_HOME is not set: cluster jobs read Hub models from the HF cache" in run.output, run.output[-3000:]
+    assert not submitted_ids(run) and not (tmp_path / "results").exists()
+
+
+def test_where_job_submits_downloads_and_bookkeeping_too(cluster, job_env, models, tmp_path):
+    """cluster.download.where and cluster.small.where set to `job`: fingerprints, gates and the
+    report become sbatch jobs with their family's resources (a one-step recipe, one document)."""
+    recipe = "name: step1\nmerge_method: linear\nmodels:\n  - model: m1\n    parameters: {weight: 0.5}\n"
+    recipe += "  - model: m2\n    parameters: {weight: 0.5}\n"
+    make_workdir(
+        tmp_path, recipe, {"m1": models["m1"], "m2": models["m2"]},
+        evaluation={"tasks": ["demo_add"], "include_path": str(REPO / "workflow" / "demo" / "tasks"), "limit": 1},
+        gate={"metric": "demo_add/exact_match", "min": 0.0},
+        cluster={"download": {"where": "job"}, "small": {"where": "job", "runtime": 4}, "evaluate": {"cpus": 1}},
+    )
+    shutil.copytree(REPO / "profiles" / "slurm", tmp_path / "profile")
+    run, _ = run_slurm(tmp_path, job_env, cluster)
+    jobs = our_jobs(run)
+    assert set(jobs) == {
+        "fetch_model[m1]", "fetch_model[m2]", "merge[step1]", "gate[step1]", "report",
+        "evaluate[inputs_m1]", "evaluate[inputs_m2]", "evaluate[step1]",
+    }
+    assert all(job["JobState"] == "COMPLETED" for job in jobs.values()), jobs
+    assert jobs["fetch_model[m1]"]["TimeLimit"] == "00:10:00"  # 10 minutes + 2 per GB
+    assert megabytes(jobs["fetch_model[m1]"]["MinMemoryNode"]) == 4096
+    assert jobs["gate[step1]"]["TimeLimit"] == jobs["report"]["TimeLimit"] == "00:04:00"

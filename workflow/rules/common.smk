@@ -3,10 +3,13 @@ import json
 import os
 import re
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from mergeflow.pipeline.fingerprint import file_stats
@@ -15,6 +18,27 @@ from mergeflow.pipeline.recipes import PipelineError, Plan
 from mergeflow.quality.files import read_json
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+def check_devices():
+    """``device: cuda`` with a torch built without CUDA fails now, not after GPU jobs queued.
+    The build is what counts: a login node without a GPU may still submit CUDA jobs."""
+    keys = [
+        f"{section}.device"
+        for section in ("merge", "evaluation")
+        if config[section]["device"] == "cuda"
+    ]
+    if keys:
+        import torch
+
+        if not torch.backends.cuda.is_built():
+            raise WorkflowError(
+                f"{keys[0]}: cuda, but this torch {torch.__version__} has no CUDA support; "
+                f"install a CUDA build of torch, or set {' and '.join(keys)} to cpu"
+            )
+
+
+check_devices()
 
 # The conda envs (envs/*.yaml) pip-install this checkout from here.
 os.environ.setdefault("MERGEFLOW_SRC", workflow.basedir)
@@ -37,6 +61,7 @@ LOCAL_STATS = {
 MERGE = config["merge"]
 EVALUATION = config["evaluation"]
 UPLOAD = config["upload"]
+CLUSTER = config["cluster"]
 
 
 def one_of(names):
@@ -284,3 +309,114 @@ def check_engine_config(node, text):
         raise WorkflowError(
             f"{PLAN.nodes[node].recipe}: step {node}: {message}"
         ) from None
+
+
+# ---------------------------------------------------------------- where jobs run, what they ask for
+
+# The config's cluster options (config/README.md) that go to SLURM as they are, by the resource
+# names snakemake-executor-plugin-slurm reads.
+SLURM_RESOURCES = {
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "qos": "qos",
+    "constraint": "constraint",
+    "slurm_extra": "slurm_extra",
+}
+
+
+def runs_locally(family):
+    """Whether a family of rules runs on the submitting node (``cluster.FAMILY.where: local``)."""
+    return CLUSTER[family]["where"] == "local"
+
+
+def job_resources(family, mem_mb=None, runtime=None, cpus=1, device="cpu"):
+    """What a job of ``family`` asks for: the family's ``cluster`` options where set, else the
+    estimates given (functions of the wildcards, or numbers). Options left unset are not sent,
+    so the profile's default-resources and the cluster's defaults apply.
+    """
+    options = CLUSTER[family]
+    resources = {
+        name: options[key]
+        for key, name in SLURM_RESOURCES.items()
+        if options.get(key) is not None
+    }
+    gpus = options.get("gpus")
+    gpus = int(device == "cuda") if gpus is None else gpus
+    if options.get("gpu_model") and not gpus:
+        raise WorkflowError(
+            f"cluster.{family}.gpu_model: set, but the jobs ask for no GPU"
+        )
+    if gpus:
+        resources["gpu"] = gpus
+        if options.get("gpu_model"):
+            resources["gpu_model"] = options["gpu_model"]
+    resources["cpus_per_task"] = options.get("cpus") or cpus
+    for key, estimate in (("mem_mb", mem_mb), ("runtime", runtime)):
+        if options.get(key) or estimate:
+            resources[key] = options.get(key) or estimate
+    return resources
+
+
+def download_minutes(wildcards):
+    """A download or upload job's runtime: 10 minutes, plus 2 per GB of the model (about
+    8 MB/s, and the hashing)."""
+    name = wildcards.model if hasattr(wildcards, "model") else wildcards.node
+    return 10 + 2 * model_mb(name) // 1024
+
+
+# ---------------------------------------------------------------- checks before any job runs
+
+
+def put_mergeflow_on_path():
+    """Jobs run ``mergeflow`` from PATH: put the bin dir of the Python running Snakemake (the
+    venv) first, so they find its mergeflow without an activated venv. Cluster jobs inherit the
+    PATH and reread this file with the same Python. With ``--sdm conda`` each env has its own.
+    """
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if (Path(bin_dir) / "mergeflow").exists() and path[0] != bin_dir:
+        os.environ.update(PATH=os.pathsep.join([bin_dir, *path]))
+    if shutil.which("mergeflow") is None:
+        raise WorkflowError(
+            f"mergeflow: command not found, neither beside {sys.executable} nor on PATH; run "
+            "Snakemake from the venv mergeflow is installed in (.venv/bin/snakemake, or "
+            "`source .venv/bin/activate` first)"
+        )
+
+
+def remove_staging_leftovers():
+    """Merges and promotions build a model in a hidden sibling (``results/NODE/.model.*``) and
+    rename it into place; one killed halfway (scancel, a node failure, SIGKILL) leaves that
+    behind. No job runs yet when this is called, so every such directory is a leftover.
+    """
+    for node in PLAN.nodes:
+        model = Path(PLAN.path(node, "model"))
+        for leftover in model.parent.glob(f".{model.name}.*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+                logger.info(
+                    f"mergeflow: removed {leftover}, left by an interrupted job"
+                )
+
+
+def check_cluster_environment():
+    """What cluster jobs need from the submitting shell, checked before the first submission."""
+    if not workflow.non_local_exec:
+        return
+    hub_models = any(m.is_hub for m in PLAN.inputs.values())
+    if hub_models and not (os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE")):
+        raise WorkflowError(
+            "HF_HOME is not set: cluster jobs read Hub models from the HF cache, which must be "
+            "on a filesystem all nodes share, at the same path; export HF_HOME=/shared/.../hf"
+        )
+    if os.environ.get("HF_TOKEN"):
+        logger.warning(
+            "mergeflow: HF_TOKEN is exported, so every cluster job's environment carries it; "
+            "prefer the token file: unset HF_TOKEN and run `hf auth login` (writes "
+            "$HF_HOME/token), or point HF_TOKEN_PATH at a file readable only by you"
+        )
+
+
+put_mergeflow_on_path()

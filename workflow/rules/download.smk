@@ -2,6 +2,18 @@
 # verify it against the lock, and write its digest; local model dirs just get their digest,
 # recomputed whenever a file's size or mtime changes.
 # A checkpoint, so a refetch that changes no byte lets Snakemake keep everything downstream.
+# Runs on the submitting node by default (cluster.download.where), where the network is.
+
+
+onstart:
+    check_cluster_environment()
+    remove_staging_leftovers()
+
+
+if runs_locally("download"):
+
+    localrules:
+        fetch_model,
 
 
 checkpoint fetch_model:
@@ -12,7 +24,9 @@ checkpoint fetch_model:
     wildcard_constraints:
         model=one_of(PLAN.inputs),
     conda:
-        "../../envs/hub.yaml"
+        "../../envs/mergeflow.yaml"
+    resources:
+        **job_resources("download", runtime=download_minutes),
     params:
         source=lambda wildcards: PLAN.source(wildcards.model, COMMITS),
         lock=PLAN.lockfile,

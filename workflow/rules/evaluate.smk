@@ -1,5 +1,12 @@
 # Evaluate every input model and every merged node exactly once (a step promoted from its best
 # variant is represented by that variant's results), then gate each step against its parents.
+# Gates are bookkeeping: on the submitting node unless cluster.small.where: job.
+
+
+if runs_locally("small"):
+
+    localrules:
+        gate,
 
 
 rule evaluate:
@@ -22,9 +29,11 @@ rule evaluate:
         "../../envs/evaluate.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards: 2048 + 2 * model_mb(node_name(wildcards)),
-        runtime=EVALUATION["runtime"],
-        gpu=int(EVALUATION["device"] == "cuda"),
+        **job_resources(
+            "evaluate",
+            mem_mb=lambda wildcards: 2048 + 2 * model_mb(node_name(wildcards)),
+            device=EVALUATION["device"],
+        ),
     params:
         source=source,
         lock=PLAN.lockfile,
@@ -59,6 +68,8 @@ checkpoint gate:
         node=one_of(PLAN.nodes),
     conda:
         "../../envs/report.yaml"
+    resources:
+        **job_resources("small"),
     shell:
         "mergeflow gate --manifest {input.manifest:q} --step {wildcards.node}"
         " --output {output:q} > {log} 2>&1"

@@ -1,6 +1,14 @@
 # Merge: one job per merged node (a step, or one variant of a step), through the merge engine.
 # Downstream jobs read the weights' digest, not the model directory, and merge is a checkpoint:
 # a rebuild with identical weights writes an identical digest and reruns nothing downstream.
+# Selection and promotion are bookkeeping: on the submitting node unless cluster.small.where: job.
+
+
+if runs_locally("small"):
+
+    localrules:
+        select,
+        promote,
 
 
 rule engine_config:
@@ -32,12 +40,15 @@ checkpoint merge:
     wildcard_constraints:
         node=one_of(PLAN.merged),
     conda:
-        "../../envs/merge.yaml"
+        "../../envs/mergeflow.yaml"
     threads: MERGE["threads"]
     resources:
-        mem_mb=lambda wildcards: 2048 + model_mb(wildcards.node),
-        runtime=MERGE["runtime"],
-        gpu=int(MERGE["device"] == "cuda"),
+        **job_resources(
+            "merge",
+            mem_mb=lambda wildcards: 2048 + model_mb(wildcards.node),
+            cpus=MERGE["threads"],
+            device=MERGE["device"],
+        ),
     params:
         options=merge_options(),
     shell:
@@ -65,6 +76,8 @@ rule select:
         node=one_of(PLAN.variant_steps),
     conda:
         "../../envs/report.yaml"
+    resources:
+        **job_resources("small"),
     shell:
         "mergeflow select --manifest {input.manifest:q} --step {wildcards.node}"
         " --output {output:q} > {log} 2>&1"
@@ -85,7 +98,9 @@ checkpoint promote:
     wildcard_constraints:
         node=one_of(PLAN.variant_steps),
     conda:
-        "../../envs/hub.yaml"
+        "../../envs/mergeflow.yaml"
+    resources:
+        **job_resources("small"),
     shell:
         "mergeflow promote {input.selected:q} --model {output.model:q} --digest {output.digest:q}"
         " > {log} 2>&1"

@@ -9,6 +9,12 @@ localrules:
     manifest,
 
 
+if runs_locally("small"):
+
+    localrules:
+        report,
+
+
 rule step_manifest:
     output:
         "results/{node}/manifest.json",
@@ -61,6 +67,8 @@ rule report:
         "results/logs/report.log",
     conda:
         "../../envs/report.yaml"
+    resources:
+        **job_resources("small"),
     params:
         out_dir=lambda wildcards, output: Path(output.html).parent,
     shell:

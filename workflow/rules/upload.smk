@@ -1,5 +1,12 @@
 # Upload (off by default): chosen steps go to the Hub in one commit each, with a model card
-# tracing their lineage back to pinned Hub commits and local inputs.
+# tracing their lineage back to pinned Hub commits and local inputs. Runs where the downloads
+# do (cluster.download.where): it needs the network.
+
+
+if runs_locally("download"):
+
+    localrules:
+        upload,
 
 
 rule upload:
@@ -17,7 +24,9 @@ rule upload:
     wildcard_constraints:
         node=one_of(upload_steps()),
     conda:
-        "../../envs/hub.yaml"
+        "../../envs/mergeflow.yaml"
+    resources:
+        **job_resources("download", runtime=download_minutes),
     params:
         repo=lambda wildcards: UPLOAD["repo"].replace("{step}", wildcards.node),
         private="--private" if UPLOAD["private"] else "--no-private",

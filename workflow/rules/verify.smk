@@ -16,7 +16,7 @@ rule verify:
     wildcard_constraints:
         node=one_of(PLAN.expecting),
     conda:
-        "../../envs/hub.yaml"
+        "../../envs/mergeflow.yaml"
     params:
         model=lambda wildcards: PLAN.path(wildcards.node, "model"),
         expect=lambda wildcards: PLAN.nodes[wildcards.node].expect,
