@@ -112,8 +112,7 @@ def _parse_document(doc: dict, text: str) -> MergeConfig:
     if doc.get("merge_method") == "moe" or MOE_KEYS & doc.keys():
         raise ConfigError(
             "merge_method",
-            "this is a mergekit-moe config (experts/positive_prompts); MoE building is not "
-            "supported yet (mergekit-moe CONFIG OUT builds it today)",
+            "this is a mergekit-moe config (experts/positive_prompts): build it with 'mergeflow moe CONFIG OUT'",
         )
     for key, what in NOT_SUPPORTED_YET.items():
         if key in doc:

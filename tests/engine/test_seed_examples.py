@@ -95,7 +95,7 @@ SEED_CONFIGS = {
         "merge_method: moe\nbase_model: {base}\nexperts:\n"
         + "".join(f"  - source_model: {{{m}}}\n    positive_prompts:\n      - \"{p}\"\n" for m, p in (("m1", "math"), ("m2", "code"), ("m3", "chat")))
         + "dtype: bfloat16\n",
-        (ConfigError, "MoE building is not supported yet", None),
+        (ConfigError, "build it with 'mergeflow moe CONFIG OUT'", None),
     ),
 }
 
