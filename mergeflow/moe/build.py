@@ -66,6 +66,10 @@ def run_moe(config_text: str, out: Path, options: MoEOptions) -> dict:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
     log.info("output architecture: %s", arch.name)
 
+    if not options.progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar, for --quiet
     tokenizer = load_tokenizer(base.path)
     torch.manual_seed(seed)
     routed = config.experts + (config.shared_experts if config.shared_experts_routed else [])

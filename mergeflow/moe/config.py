@@ -68,11 +68,6 @@ class MoEConfig:
         )
 
 
-def is_moe_document(doc: Any) -> bool:
-    """A recipe step or config file is a MoE build when it lists experts (or says merge_method: moe)."""
-    return isinstance(doc, dict) and ("experts" in doc or doc.get("merge_method") == "moe")
-
-
 def parse_moe_config(text: str, allow_all_same: bool = False) -> MoEConfig:
     try:
         doc = yaml.safe_load(text)
