@@ -41,6 +41,12 @@ TWO = [_expert("m1", ADD), _expert("m2", REVERSE, negative=["1+1="])]
 TWO_NOISY = [_expert("m1", None, noise=0.1), _expert("m2", None, residual=0.5)]
 TWO_PROMPTED_NOISY = [_expert("m1", ADD, noise=0.1), _expert("m2", REVERSE, residual=0.5)]
 
+# The tutorial form users bring (seed-examples.md "MoE from Merges"): merge_method: moe, default gate.
+TUTORIAL = "merge_method: moe\nbase_model: {base}\nexperts:\n" + "".join(
+    f"  - source_model: {{{m}}}\n    positive_prompts:\n" + "".join(f"      - \"{p}\"\n" for p in prompts)
+    for m, prompts in (("m1", ("math", "calculate", "solve")), ("m2", ("code", "python")), ("m3", ("chat", "help")))
+) + "dtype: bfloat16\n"
+
 # name: (family, stored dtype, tied, config text, expected output architecture)
 CASES = {
     "mixtral-llama-hidden-bf16-negatives-noise-residual": ("llama", torch.float32, False, _config("hidden", "bfloat16", THREE), "MixtralForCausalLM"),
@@ -56,6 +62,7 @@ CASES = {
     "qwen3-hidden-bf16-negatives-noise-residual": ("qwen3", torch.float32, False, _config("hidden", "bfloat16", THREE), "Qwen3MoeForCausalLM"),
     "qwen3-uniform_random-fp32": ("qwen3", torch.float32, False, _config("uniform_random", "float32", TWO_PROMPTED_NOISY), "Qwen3MoeForCausalLM"),
     "qwen3-hidden_avg-bf16-inputs": ("qwen3", torch.bfloat16, False, _config("hidden_avg", None, TWO), "Qwen3MoeForCausalLM"),
+    "tutorial-form-mistral-bf16": ("mistral", torch.bfloat16, False, TUTORIAL, "MixtralForCausalLM"),
     "qwen3-cheap_embed-fp32": ("qwen3", torch.float32, False, _config("cheap_embed", "float32", TWO), "Qwen3MoeForCausalLM"),
 }
 
