@@ -108,6 +108,7 @@ def _hidden(prompts: tuple[str, ...], tokenizer, model, average: bool) -> torch.
     batch = _tokenize(prompts, tokenizer).to(model.device)
     states = model(**batch, output_hidden_states=True).hidden_states[:-1]
     stacked = torch.stack(states, dim=0)  # [L, B, T, H]
-    # hidden_avg: a sum over positions divided by their count (not mean(), which rounds differently in bf16)
+    # Averages are sums divided by counts (positions for hidden_avg, then prompts), not mean(),
+    # which rounds differently in bf16.
     per_prompt = stacked.sum(dim=2) / stacked.shape[2] if average else stacked[:, :, -1, :]
-    return per_prompt.mean(dim=1).cpu()
+    return (per_prompt.sum(dim=1) / per_prompt.shape[1]).cpu()
