@@ -13,7 +13,7 @@ from moe_oracle import assert_same_build, mergeflow_moe, mergekit_moe
 
 pytestmark = pytest.mark.parity
 
-ADD, REVERSE, COPY = ["1+2=", "add 3 and 4"], ["reverse abc", "cba"], ["copy xyz", "repeat"]
+ADD, REVERSE, COPY = ["1+2=", "add 3 and 4", "9+9="], ["reverse abc", "cba"], ["copy xyz", "repeat", ":a1=", "copy"]
 
 
 def _expert(model: str, prompts: list[str] | None, *, negative=None, noise=None, residual=None) -> str:
