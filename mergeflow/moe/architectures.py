@@ -41,8 +41,6 @@ class OutputArchitecture:
 def _mixtral(config: MoEConfig, types: list[str]) -> str | None:
     if any(t not in LLAMA_LIKE for t in types):
         return "needs llama or mistral models"
-    if len(set(types)) > 1:
-        return "needs every model to be of one type"
     if config.shared_experts:
         return "has no shared experts"
     return None
@@ -97,6 +95,9 @@ def choose_architecture(config: MoEConfig, model_types: list[str]) -> OutputArch
         candidates = [a for a in candidates if a.name.lower().startswith(config.architecture.lower())]
         if not candidates:
             raise ConfigError("architecture", f"no output architecture starts with {config.architecture!r}; use one of {names}")
+    if len(set(model_types)) > 1:  # as in mergekit-moe: a mistral base with llama experts fits none
+        types = ", ".join(dict.fromkeys(model_types))
+        raise ConfigError("experts", f"the base and experts are of different model types ({types}); every output architecture takes one type")
     reasons = {a.name: a.unsupported(config, model_types) for a in candidates}
     supported = [a for a in candidates if reasons[a.name] is None]
     if not supported:

@@ -48,6 +48,16 @@ def test_bad_config_is_one_line_naming_the_key(name, moe_models, tmp_path):
         mergekit_moe(text, tmp_path / "mergekit")
 
 
+def test_models_of_different_types_fit_no_architecture(moe_models, tmp_path):
+    models = {**moe_models("mistral"), "m1": moe_models("llama")["m1"]}
+    text = _text("gate_mode: cheap_embed\nexperts:\n" + TWO, models)
+    with pytest.raises(ConfigError, match=r"different model types \(mistral, llama\)") as raised:
+        mergeflow_moe(text, tmp_path / "out")
+    assert raised.value.key == "experts" and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):  # mergekit-moe finds no output architecture either
+        mergekit_moe(text, tmp_path / "mergekit")
+
+
 def test_all_same_model_builds_when_the_user_insists(moe_models, tmp_path):
     text = _text(BAD["same model"][0], moe_models("llama"))
     mergeflow_moe(text, tmp_path / "out", allow_all_same=True)
