@@ -82,9 +82,19 @@ def test_parity(name, moe_models, tmp_path):
     assert json.loads((ours / "provenance.json").read_text())["tensors"] == record["tensors"]
 
 
-def test_shards_follow_mergekit_save_order(moe_models, tmp_path):
+SHARDED = {
+    "mixtral-llama": ("llama", _config("cheap_embed", "bfloat16", THREE)),
+    "deepseek-mistral-noise": ("mistral", _config("cheap_embed", "bfloat16", THREE, [_expert("base", None, noise=0.1)])),
+    "qwen-qwen2": ("qwen2", _config("random", "bfloat16", TWO_NOISY, [_expert("m1", None, noise=0.1)])),
+    "qwen3": ("qwen3", _config("cheap_embed", "float32", THREE)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARDED))
+def test_shards_follow_mergekit_save_order(name, moe_models, tmp_path):
     """Several shards: the same tensors land in the same files, in mergekit-moe's save order."""
-    text = _config("cheap_embed", "bfloat16", THREE).format(**{k: str(v) for k, v in moe_models("llama").items()})
+    family, template = SHARDED[name]
+    text = template.format(**{k: str(v) for k, v in moe_models(family).items()})
     mergekit_moe(text, tmp_path / "mergekit", out_shard_size=9000)
     mergeflow_moe(text, tmp_path / "mergeflow", out_shard_size=9000)
     assert_same_build(tmp_path / "mergeflow", tmp_path / "mergekit")
