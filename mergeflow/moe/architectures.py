@@ -153,7 +153,7 @@ def _deepseek_config(base_path, config: MoEConfig, intermediate: int, dtype_name
     import transformers
 
     out = transformers.AutoConfig.from_pretrained(base_path).to_dict()
-    out["_name_or_path"] = str(config.base_model)
+    out["_name_or_path"] = config.base_model.path  # the name as the config gives it, as mergekit-moe records
     out["architectures"] = ["DeepseekForCausalLM"]
     out["model_type"] = "deepseek"
     out.update(
