@@ -36,6 +36,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("config", type=Path, help="mergekit-yaml config file")
     p.add_argument("out", type=Path, help="output model directory (written atomically)")
+    add_merge_options(p)
+    p.set_defaults(func=merge_command)
+
+
+def add_merge_options(p: argparse.ArgumentParser) -> None:
+    """mergekit's shared merge options (§13), also taken by ``mergeflow moe``."""
     flag = argparse.BooleanOptionalAction
     p.add_argument("--allow-crimes", action=flag, default=False, help="allow merging different architectures")
     p.add_argument("--transformers-cache", default=None, help="cache_dir for Hub downloads")
@@ -61,7 +67,6 @@ def register(subparsers) -> None:
     p.add_argument("--async-write", action=flag, default=False)
     p.add_argument("--write-threads", type=int, default=1)
     p.add_argument("--unsafe-truncate-embeddings", action=flag, default=False, help="keep the common vocabulary prefix when embedding sizes differ")
-    p.set_defaults(func=merge_command)
 
 
 def configure_logging(verbosity: int) -> None:

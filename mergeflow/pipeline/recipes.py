@@ -26,6 +26,13 @@ RESERVED = {"inputs", "report", "logs"}
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.]|-(?!-))*$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RECIPE_KEYS = {"name", "variants", "select", "expect"}
+# What a variant of a MoE step (mergekit-moe config) may set besides per-expert overrides.
+MOE_VARIANT_KEYS = {"gate_mode", "experts_per_token", "dtype", "architecture", "experts", "shared_experts"}
+
+
+def is_moe_document(doc: dict) -> bool:
+    """A step is a MoE build (``mergeflow moe``) when it lists experts or says ``merge_method: moe``."""
+    return "experts" in doc or doc.get("merge_method") == "moe"
 
 
 class PipelineError(MergeflowError):
@@ -72,7 +79,11 @@ class Node:
 
     @property
     def method(self) -> str:
-        return str(self.document.get("merge_method"))
+        return "moe" if self.is_moe else str(self.document.get("merge_method"))
+
+    @property
+    def is_moe(self) -> bool:
+        return is_moe_document(self.document)
 
     @property
     def is_merged(self) -> bool:
@@ -160,6 +171,8 @@ def ref_slots(doc: dict):
 
 def _apply_variant(doc: dict, spec, where: str) -> dict:
     """A copy of ``doc`` with the variant's parameter overrides merged in (one level deep)."""
+    if is_moe_document(doc):
+        return _apply_moe_variant(doc, spec, where)
     if not isinstance(spec, dict) or set(spec) - {"parameters", "models"}:
         raise PipelineError(f"{where}: a variant is a mapping with 'parameters' and/or 'models'")
     doc = copy.deepcopy(doc)
@@ -185,6 +198,34 @@ def _apply_variant(doc: dict, spec, where: str) -> dict:
             raise PipelineError(f"{where}.models.{ref}: must be a mapping of parameters")
         for holder in holders:
             holder["parameters"] = {**(holder.get("parameters") or {}), **params}
+    return doc
+
+
+def _apply_moe_variant(doc: dict, spec, where: str) -> dict:
+    """A MoE step's variant: top-level keys (gate_mode, experts_per_token, ...) replaced, and
+    ``models: {REF: {positive_prompts: [...], ...}}`` merged into the experts whose source_model is REF."""
+    allowed = MOE_VARIANT_KEYS | {"models"}
+    if not isinstance(spec, dict) or set(spec) - allowed:
+        raise PipelineError(f"{where}: a variant of a MoE step is a mapping with 'models' and/or {', '.join(sorted(MOE_VARIANT_KEYS))}")
+    doc = copy.deepcopy(doc)
+    doc.update({k: copy.deepcopy(v) for k, v in spec.items() if k != "models"})
+    models = spec.get("models") or {}
+    if not isinstance(models, dict):
+        raise PipelineError(f"{where}.models: must map an expert's source_model to overrides")
+    for ref, settings in models.items():
+        target = parse_ref(ref, f"{where}.models")
+        holders = [
+            expert
+            for key in ("experts", "shared_experts")
+            for i, expert in enumerate(doc.get(key) or [])
+            if isinstance(expert, dict) and parse_ref(expert.get("source_model"), f"{where}: {key}[{i}]") == target
+        ]
+        if not holders:
+            raise PipelineError(f"{where}.models: {ref!r} is not an expert of this step")
+        if not isinstance(settings, dict):
+            raise PipelineError(f"{where}.models.{ref}: must be a mapping of expert settings")
+        for holder in holders:
+            holder.update(copy.deepcopy(settings))
     return doc
 
 
@@ -252,8 +293,8 @@ class Plan:
             other = self.nodes[name].recipe if name in self.nodes else "an input model"
             raise PipelineError(f"{where}: the name is already used by {other}")
         engine_doc = {k: v for k, v in doc.items() if k not in RECIPE_KEYS}
-        if "merge_method" not in engine_doc:
-            raise PipelineError(f"{where}: merge_method is required")
+        if "merge_method" not in engine_doc and not is_moe_document(engine_doc):
+            raise PipelineError(f"{where}: merge_method is required (or experts: for a MoE step)")
         parents = self._resolve_parents(engine_doc, where)
         variants = doc.get("variants") or {}
         select = doc.get("select")
@@ -272,7 +313,9 @@ class Plan:
             self._check_name(variant, f"{where}: variant")
             node_name = f"{name}{VARIANT_SEP}{variant}"
             document = _apply_variant(engine_doc, spec, f"{where}: variants.{variant}")
-            overrides = dict(spec.get("parameters") or {})
+            overrides = dict(spec.get("parameters") or {}) if not step.is_moe else {
+                k: v for k, v in spec.items() if k != "models"
+            }
             for ref, params in (spec.get("models") or {}).items():
                 overrides.update({f"{ref}.{key}": value for key, value in params.items()})
             self.nodes[node_name] = Node(node_name, "variant", name, label, document, parents, overrides=overrides)

@@ -234,6 +234,11 @@ def model_mb(name):
     return sum(sizes) // 2**20 + 1
 
 
+def merge_command(wildcards):
+    """``mergeflow moe`` for a step with experts (a mergekit-moe config), else ``mergeflow merge``."""
+    return "moe" if PLAN.nodes[wildcards.node].is_moe else "merge"
+
+
 def merge_options():
     options = ["--device", MERGE["device"], "--random-seed", str(MERGE["random_seed"])]
     options += ["--out-shard-size", MERGE["out_shard_size"], "--quiet"]
@@ -301,9 +306,13 @@ def check_engine_config(node, text):
     from mergeflow.engine.config import parse_config
     from mergeflow.engine.errors import MergeflowError
     from mergeflow.methods import get_method
+    from mergeflow.moe.config import parse_moe_config
 
     try:
-        get_method(parse_config(text).merge_method)
+        if PLAN.nodes[node].is_moe:
+            parse_moe_config(text)
+        else:
+            get_method(parse_config(text).merge_method)
     except (MergeflowError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) else err
         raise WorkflowError(

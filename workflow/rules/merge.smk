@@ -1,4 +1,5 @@
-# Merge: one job per merged node (a step, or one variant of a step), through the merge engine.
+# Merge: one job per merged node (a step, or one variant of a step), through the merge engine
+# (mergeflow moe for a step with experts).
 # Downstream jobs read the weights' digest, not the model directory, and merge is a checkpoint:
 # a rebuild with identical weights writes an identical digest and reruns nothing downstream.
 # Selection and promotion are bookkeeping: on the submitting node unless cluster.small.where: job.
@@ -50,9 +51,10 @@ checkpoint merge:
             device=MERGE["device"],
         ),
     params:
+        command=merge_command,
         options=merge_options(),
     shell:
-        "(HF_HUB_OFFLINE=1 mergeflow merge {input.config:q} {output.model:q} {params.options}"
+        "(HF_HUB_OFFLINE=1 mergeflow {params.command} {input.config:q} {output.model:q} {params.options}"
         " -j {threads} && mergeflow digest {output.model:q} --output {output.digest:q})"
         " > {log} 2>&1"
 
