@@ -59,6 +59,8 @@ checkpoint gate:
         node=one_of(PLAN.nodes),
     conda:
         "../../envs/report.yaml"
+    params:
+        confidence=confidence_option(),
     shell:
         "mergeflow gate --manifest {input.manifest:q} --step {wildcards.node}"
-        " --output {output:q} > {log} 2>&1"
+        " {params.confidence} --output {output:q} > {log} 2>&1"

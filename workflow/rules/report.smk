@@ -63,8 +63,10 @@ rule report:
         "../../envs/report.yaml"
     params:
         out_dir=lambda wildcards, output: Path(output.html).parent,
+        confidence=confidence_option(),
     shell:
-        "mergeflow report --manifest {input.manifest:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "mergeflow report --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        " {params.confidence} > {log} 2>&1"
 
 
 onsuccess:
