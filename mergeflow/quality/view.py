@@ -487,7 +487,7 @@ class Report:
                     title=delta_title(row, self.level),
                 )
             )
-        return cell("", "list nowrap", lines=lines)
+        return cell("", "list parents", lines=lines)
 
     def gate_glance_cell(self, node: Node, task: str, metric: str) -> dict:
         return self.gate_cell(self.inputs.gates.get(node.name))
