@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--write-model-card", action=flag, default=True, help="write README.md and mergekit_config.yml")
     p.add_argument("--safe-serialization", action=flag, default=True, help="safetensors output (the only format mergeflow writes)")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("--quiet", action=flag, default=False, help="no progress bar")
+    p.add_argument("--quiet", action=flag, default=False, help="no progress (a bar on a terminal, else a line per quarter of the tensors)")
     p.add_argument("--read-to-gpu", action=flag, default=False)
     p.add_argument("--multi-gpu", action=flag, default=False)
     p.add_argument("-j", "--num-threads", type=int, default=None, help="torch CPU threads")

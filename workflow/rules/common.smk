@@ -202,7 +202,8 @@ def model_mb(name):
 
 def merge_options():
     options = ["--device", MERGE["device"], "--random-seed", str(MERGE["random_seed"])]
-    options += ["--out-shard-size", MERGE["out_shard_size"], "--quiet"]
+    # No --quiet: in a job's log the merge reports progress as a few lines.
+    options += ["--out-shard-size", MERGE["out_shard_size"]]
     if MERGE["allow_crimes"]:
         options.append("--allow-crimes")
     return shlex.join(options + MERGE["extra_args"])

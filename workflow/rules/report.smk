@@ -70,4 +70,17 @@ rule report:
 
 
 onsuccess:
+    from mergeflow.quality.summary import print_summary
+
     announce_gate_stops()
+    print_summary(
+        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+    )
+
+
+onerror:
+    from mergeflow.quality.summary import print_summary
+
+    print_summary(
+        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+    )
