@@ -12,7 +12,11 @@ from mergeflow.quality import cli as quality_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergeflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mergeflow",
+        description="Reproducible model merging: merge, evaluate, gate, report. Commands marked "
+        "(workflow) are run by the Snakemake workflow; `mergeflow COMMAND --help` for each.",
+    )
     parser.add_argument("--version", action="version", version=f"mergeflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (engine_cli, quality_cli, pipeline_cli):
