@@ -494,17 +494,22 @@ class Report:
 
     def other_changes(self, node: Node, task: str, metric: str) -> dict:
         """Significant gains and losses on every other metric, so that a good headline cannot
-        hide a skill the merge lost. Losses first, against the step it builds on first."""
+        hide a skill the merge lost: each against the step it builds on, or (a first step)
+        against the parent that did best on it. Losses first."""
         if not self.ran(node.name):
             return cell("")
         d = self.deltas
         mine = d[(d.step == node.name) & ~((d.task == task) & (d.metric == metric))]
         base = base_step(self.m, node)
+        if base is not None and (mine.parent == base).any():
+            mine = mine[mine.parent == base]
+        elif not mine.empty:
+            sign = [1.0 if h else -1.0 for h in mine.higher_is_better.fillna(True)]
+            score = mine.parent_value * sign
+            mine = mine.loc[score.groupby([mine.task, mine.metric]).idxmax().values]
         hits = mine[mine.significant]
-        hits = hits.assign(
-            order=hits.status.map({"worse": 0, "better": 1}).fillna(2),
-            base=hits.parent != base,
-        ).sort_values(["order", "base", "p_value"])
+        hits = hits.assign(order=hits.status.map({"worse": 0, "better": 1}).fillna(2))
+        hits = hits.sort_values(["order", "p_value"], kind="stable")
         lines = [
             cell(
                 f"{change_arrow(r)} {r.task}/{r.metric} "
@@ -895,5 +900,8 @@ GLANCE_COLUMNS: list[tuple[str, Callable[..., dict | None]]] = [
     ("{headline} {arrow}", Report.headline_cell),
     ("Δ vs each parent [CI] p", Report.parents_cell),
     ("gate", Report.gate_glance_cell),
-    ("other metrics that changed significantly", Report.other_changes),
+    (
+        "other metrics that changed significantly (vs the step it builds on, else the best parent)",
+        Report.other_changes,
+    ),
 ]

@@ -272,9 +272,14 @@ def test_glance_has_one_row_per_step_with_each_parent_ci_and_p(recipe):
     assert "vs step1: ▼ -0.0150 [-0.0150, -0.0012] p=0.031 (builds on, best parent)" in step2
     # Worse than the step it builds on is red, whatever it gained against another parent.
     assert '<td class="verdict worse">worse than step1; better than copy</td>' in step2
-    # Losses come before gains among the other metrics.
-    changes = table.split("step2", 1)[0].split('class="list changes"', 1)[1]
-    assert changes.index("▼") < changes.index("▲") < changes.index("more within noise")
+    # Other metrics: against the best parent for a first step, losses first...
+    changes = table.split("step2", 1)[0].split('class="list changes"', 1)[1].split("</td>")[0]
+    assert "▼ demo_add/exact_match -0.2000 (p&lt;0.001) vs add" in changes
+    assert "▼ demo_rev/exact_match -0.0300 (p=0.031) vs rev" in changes
+    assert changes.index("▼") < changes.index("more within noise") and "▲" not in changes
+    # ...and against the step it builds on for a later one.
+    changes = step2.split('class="list changes"', 1)[1].split("</td>")[0]
+    assert "▼ demo_add_nll/nll +0.050 (p&lt;0.001) vs step1" in changes and "vs copy" not in changes
     assert "Significant means p &lt; 0.05; intervals are 95% confidence intervals" in glance
     assert "exact McNemar" in glance and "permutation test" in glance
 
