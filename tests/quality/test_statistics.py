@@ -13,7 +13,7 @@ from mergeflow.quality.statistics import (
     stderr_test,
     strata,
 )
-from mergeflow.quality.view import overall
+from mergeflow.quality.verdicts import overall
 
 
 def items(values, aggregation="mean", den=None):
