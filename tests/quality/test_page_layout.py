@@ -11,6 +11,7 @@ its box is scrolled. Screenshots land next to the page for a look by eye.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,8 +97,6 @@ def page(tmp_path_factory):
     (root / "manifest.json").write_text(json.dumps(manifest_dict()))
     old = Path.cwd()
     try:
-        import os
-
         os.chdir(root)
         base = ["--manifest", "manifest.json"]
         assert (
