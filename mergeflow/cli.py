@@ -14,7 +14,11 @@ from mergeflow.verify import cli as verify_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergeflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mergeflow",
+        description="Reproducible model merging: merge, evaluate, gate, report. Commands marked "
+        "(workflow) are run by the Snakemake workflow; `mergeflow COMMAND --help` for each.",
+    )
     parser.add_argument("--version", action="version", version=f"mergeflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (engine_cli, moe_cli, quality_cli, pipeline_cli, verify_cli):

@@ -5,6 +5,7 @@ I/O stays here and in ``checkpoint``/``writer``; the math is the method's pure f
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -48,7 +49,10 @@ def execute(
     with ThreadPoolExecutor(1, "mergeflow-read") as reader, ThreadPoolExecutor(1, "mergeflow-write") as saver:
         upcoming = reader.submit(read, tasks[0]) if tasks else None
         in_flight: Future | None = None
-        for index, task in enumerate(tqdm(tasks, desc="merging", unit="tensor", disable=not progress)):
+        # A bar on a terminal; in a log file (a workflow job) a line at each quarter instead.
+        bar = tqdm(tasks, desc="merging", unit="tensor", disable=not progress or not sys.stderr.isatty())
+        quarters = {len(tasks) * k // 4 for k in range(1, 5)} if progress and bar.disable else set()
+        for index, task in enumerate(bar):
             inputs = upcoming.result()
             if index + 1 < len(tasks):
                 upcoming = reader.submit(read, tasks[index + 1])
@@ -56,6 +60,8 @@ def execute(
             if in_flight is not None:
                 in_flight.result()
             in_flight = saver.submit(writer.write, task.output_name, result)
+            if index + 1 in quarters:
+                print(f"mergeflow merge: merged {index + 1} of {len(tasks)} tensors", file=sys.stderr, flush=True)
         if in_flight is not None:
             in_flight.result()
     writer.finish()

@@ -33,6 +33,9 @@ def _one_line_errors(func):
     return wrapper
 
 
+WORKFLOW_ONLY = "Run by the workflow; by hand only to redo one step."
+
+
 def register(subparsers) -> None:
     """Add this area's subcommands; each sets ``func`` to a callable taking the parsed args."""
     p = subparsers.add_parser(
@@ -48,40 +51,50 @@ def register(subparsers) -> None:
 
     # digest and locate take the same model reference: a local dir, or REPO@COMMIT from the lock.
     source = argparse.ArgumentParser(add_help=False)
-    source.add_argument("source")
+    source.add_argument("source", help="a local model directory, or REPO@COMMIT from the lockfile")
     source.add_argument("--lock", help="the lockfile, for Hub sources")
 
     p = subparsers.add_parser(
         "digest",
         parents=[source],
-        help="write a model's content digest (fetching a locked Hub model first)",
+        help="write a model's content digest, fetching a locked Hub model first (workflow)",
         description="Write the sha256sum-style digest of the files a merge reads. SOURCE is a local "
-        "model dir, or REPO@COMMIT from the lock, which is downloaded into the HF cache and verified.",
+        "model dir, or REPO@COMMIT from the lock, which is downloaded into the HF cache and verified. "
+        f"{WORKFLOW_ONLY}",
     )
-    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path, help="where the digest goes")
     p.set_defaults(func=digest_command)
 
     p = subparsers.add_parser(
-        "locate", parents=[source], help="print the local directory of a model (a locked Hub model's snapshot)"
+        "locate",
+        parents=[source],
+        help="print the local directory of a model, a locked Hub model's snapshot (workflow)",
+        description=f"Print where SOURCE's files are on this machine. {WORKFLOW_ONLY}",
     )
     p.set_defaults(func=locate_command)
 
     p = subparsers.add_parser(
         "promote",
-        help="make a step's model the variant that select chose (hard links)",
+        help="make a step's model the variant that select chose, by hard links (workflow)",
         description="Read SELECTED (written by `mergeflow select`) and give the step the chosen "
-        "variant's model and digest, so the next step builds on the best variant.",
+        f"variant's model and digest, so the next step builds on the best variant. {WORKFLOW_ONLY}",
     )
-    p.add_argument("selected", type=Path)
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--digest", required=True, type=Path)
+    p.add_argument("selected", type=Path, help="the selection JSON of `mergeflow select`")
+    p.add_argument("--model", required=True, type=Path, help="the step's model directory to create")
+    p.add_argument("--digest", required=True, type=Path, help="the step's digest file to write")
     p.set_defaults(func=promote_command)
 
-    p = subparsers.add_parser("upload", help="upload a step's model to the Hub with a lineage model card")
-    p.add_argument("step")
+    p = subparsers.add_parser(
+        "upload",
+        help="upload a step's model to the Hub with a lineage model card (workflow)",
+        description=f"Upload STEP's model and a model card describing its lineage. {WORKFLOW_ONLY}",
+    )
+    p.add_argument("step", help="the step whose model is uploaded")
     p.add_argument("--manifest", required=True, help="the step's manifest (its lineage)")
     p.add_argument("--repo", required=True, help="target Hub repo, ORG/NAME")
-    p.add_argument("--private", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--private", action=argparse.BooleanOptionalAction, default=True, help="a private repo (default)"
+    )
     p.add_argument("--output", required=True, type=Path, help="JSON record of the commit")
     p.set_defaults(func=upload_command)
 

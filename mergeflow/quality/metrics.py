@@ -2,6 +2,12 @@
 
 The gate, the variant ranking and the report all read metrics through :func:`tidy_rows` and
 :func:`lookup`, so "which number is demo/exact_match of step1" has exactly one answer.
+
+A metric's direction is the ``higher_is_better`` lm-eval records in its results for every task
+and metric (from the task's ``metric_list`` or the metric's registered default); nothing is
+guessed from a metric's name, since names like ``ter`` or ``brier_score`` are lower-is-better
+without saying so. A metric lm-eval records no direction for has ``higher_is_better`` None, and
+every decision that needs a direction (gate, selection, verdicts) refuses it with one line.
 """
 
 from __future__ import annotations
@@ -11,27 +17,21 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-COLUMNS = ["step", "model", "task", "metric", "value", "stderr", "n"]
-
-# Substrings that mark a loss-like metric, for which lower is better. Every other metric
-# (accuracy, exact match, F1, BLEU...) is higher-is-better.
-LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "nll")
+COLUMNS = ["step", "model", "task", "metric", "value", "stderr", "n", "higher_is_better"]
 
 
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric, from its name alone, so that fixtures and gates agree with it."""
-    return not any(marker in metric for marker in LOWER_IS_BETTER)
+def recorded_direction(raw: dict[str, Any], task: str, key: str) -> bool | None:
+    """lm-eval's ``higher_is_better`` of one ``metric,filter`` key of ``task`` (None if absent).
+
+    lm-eval keys the directions by the bare metric name, so every filter of a metric shares it.
+    """
+    value = raw.get("higher_is_better", {}).get(task, {}).get(key.split(",", 1)[0])
+    return None if value is None else bool(value)
 
 
-def spec_higher_is_better(spec: str) -> bool:
-    """Direction of a ``TASK/METRIC``: its metric part decides (a task named ``*_loss`` may
-    still be scored by accuracy)."""
-    return higher_is_better(split_spec(spec)[1])
-
-
-def improvement(delta: float, metric: str) -> float:
+def improvement(delta: float, higher: bool) -> float:
     """A delta turned so that positive always means better."""
-    return delta if higher_is_better(metric) else -delta
+    return delta if higher else -delta
 
 
 def metric_name(key: str) -> str:
@@ -91,6 +91,7 @@ def tidy_rows(raw: dict[str, Any], step: str) -> list[dict[str, Any]]:
                     "value": float(value),
                     "stderr": _as_float(entries.get(f"{metric}_stderr,{filt}")),
                     "n": n,
+                    "higher_is_better": recorded_direction(raw, task, key),
                 }
             )
     return rows
@@ -101,6 +102,7 @@ def metrics_table(results: Iterable[tuple[str, dict[str, Any]]]) -> pd.DataFrame
     rows = [row for step, raw in results for row in tidy_rows(raw, step)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n"] = table["n"].astype("Int64")
+    table["higher_is_better"] = table["higher_is_better"].astype("boolean")
     return table
 
 
@@ -124,3 +126,22 @@ def lookup(table: pd.DataFrame, step: str, spec: str) -> tuple[float, float]:
         raise KeyError(f"{step} has no {spec} in its results (it has: {known})")
     row = hit.iloc[0]
     return float(row.value), float(row.stderr)
+
+
+def direction(table: pd.DataFrame, spec: str) -> bool:
+    """``higher_is_better`` of ``TASK/METRIC`` as lm-eval recorded it for the nodes in ``table``.
+
+    A ValueError names the metric when lm-eval recorded no direction for it, or when two nodes'
+    results disagree (two lm-eval versions, or an edited task): a gate or a ranking must not
+    silently pick one.
+    """
+    task, metric = split_spec(spec)
+    recorded = table[(table.task == task) & (table.metric == metric)].higher_is_better
+    known = set(recorded.dropna().astype(bool))
+    if len(known) > 1:
+        raise ValueError(f"{spec}: the results disagree on whether higher is better")
+    if not known:
+        if recorded.empty:
+            raise KeyError(f"no node has {spec} in its results")
+        raise ValueError(f"{spec}: lm-eval recorded no higher_is_better for it")
+    return known.pop()

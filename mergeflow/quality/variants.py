@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from mergeflow.quality.metrics import spec_higher_is_better
 
-
-def rank(values: Mapping[str, float], metric: str) -> list[dict[str, float | str]]:
-    """Variants best first for ``metric`` (``TASK/METRIC``), direction-aware.
+def rank(values: Mapping[str, float], higher: bool) -> list[dict[str, float | str]]:
+    """Variants best first, for a metric of direction ``higher`` (lm-eval's higher_is_better).
 
     Ties are broken by name so that a rerun picks the same variant; a variant without a value
     (NaN) ranks last rather than winning by accident.
     """
-    sign = -1.0 if spec_higher_is_better(metric) else 1.0
+    sign = -1.0 if higher else 1.0
 
     def order(name: str) -> tuple[bool, float, str]:
         missing = math.isnan(values[name])
@@ -23,11 +21,17 @@ def rank(values: Mapping[str, float], metric: str) -> list[dict[str, float | str
     return [{"name": name, "value": values[name]} for name in sorted(values, key=order)]
 
 
-def select(step: str, values: Mapping[str, float], metric: str) -> dict:
-    """The selection JSON: the ranking and the winner."""
+def select(step: str, values: Mapping[str, float], metric: str, higher: bool) -> dict:
+    """The selection JSON: the ranking by ``metric`` (of direction ``higher``) and the winner."""
     if not values:
         raise ValueError(f"select: step {step} has no variants")
-    ranking = rank(values, metric)
+    ranking = rank(values, higher)
     if math.isnan(ranking[0]["value"]):
         raise ValueError(f"select: no variant of {step} has a value for {metric}")
-    return {"step": step, "metric": metric, "selected": ranking[0]["name"], "ranking": ranking}
+    return {
+        "step": step,
+        "metric": metric,
+        "higher_is_better": higher,
+        "selected": ranking[0]["name"],
+        "ranking": ranking,
+    }

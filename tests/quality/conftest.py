@@ -13,6 +13,12 @@ Fixture values (tests/quality/fixtures/eval/*.json; demo = mean of demo_add and 
     step2       0.58      0.96      0.77    0.50
 
 step1 has no results of its own: it is whichever variant was selected. step3 never ran.
+
+``recipe`` adds per-item samples (as ``mergeflow evaluate`` logs them) to every leaf task's
+exact_match and nll, built so that paired answers are known: exact_match items are a prefix of
+ones (item i is right iff i < value·n), so two models' right answers are nested and every
+discordant item favours the better one; nll items alternate value ± 0.1, the same pattern for
+every model, so each paired difference equals the delta. text_ppl has no samples (stderr view).
 """
 
 from __future__ import annotations
@@ -85,10 +91,40 @@ def manifest_data() -> dict:
     return manifest_dict()
 
 
+def add_samples(raw: dict) -> dict:
+    """``raw`` with known per-item samples (see the module docstring)."""
+    groups = raw.get("group_subtasks", {})
+    samples = {}
+    for task, entries in raw["results"].items():
+        n = raw["n-samples"].get(task, {}).get("effective")
+        if groups.get(task) or not n:
+            continue
+        kept = {}
+        if "exact_match,none" in entries:
+            right = round(entries["exact_match,none"] * n)
+            kept["exact_match,none"] = [1.0] * right + [0.0] * (n - right)
+        if "nll,none" in entries:
+            mean = entries["nll,none"]
+            kept["nll,none"] = [mean + (0.1 if i % 2 else -0.1) for i in range(n)]
+        samples[task] = {
+            key: {
+                "aggregation": "mean",
+                "doc_ids": list(range(n)),
+                "doc_hashes": [f"{task}-{i}" for i in range(n)],
+                "values": values,
+            }
+            for key, values in kept.items()
+        }
+    return {**raw, "mergeflow_samples": samples}
+
+
 @pytest.fixture
 def recipe(tmp_path, monkeypatch):
-    """A run directory holding the fixture results; returns a function writing the manifest."""
+    """A run directory holding the fixture results (with samples); returns a function writing
+    the manifest."""
     shutil.copytree(FIXTURES / "eval", tmp_path / "eval")
+    for path in (tmp_path / "eval").glob("*.json"):
+        path.write_text(json.dumps(add_samples(json.loads(path.read_text()))))
     shutil.copy(FIXTURES / "provenance.json", tmp_path / "provenance.json")
     monkeypatch.chdir(tmp_path)
 

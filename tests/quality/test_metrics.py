@@ -6,7 +6,7 @@ import pytest
 
 from mergeflow.quality.metrics import (
     COLUMNS,
-    higher_is_better,
+    direction,
     lookup,
     metric_name,
     metrics_table,
@@ -76,20 +76,55 @@ def test_filters_other_than_none_are_kept_in_the_name():
     assert rows[0]["model"] == "some/dir"
 
 
+def with_direction(task, metric, higher):
+    """A one-task results dict whose metric has the direction lm-eval recorded."""
+    raw = {
+        "results": {task: {f"{metric},none": 0.5, f"{metric}_stderr,none": 0.01}},
+        "n-samples": {task: {"effective": 10}},
+        "config": {"model_args": "pretrained=m"},
+    }
+    if higher is not None:
+        raw["higher_is_better"] = {task: {metric: higher}}
+    return raw
+
+
 @pytest.mark.parametrize(
-    "metric, higher",
+    "task, metric, higher",
     [
-        ("exact_match", True),
-        ("acc_norm", True),
-        ("nll", False),
-        ("word_perplexity", False),
-        ("bits_per_byte", False),
-        ("perplexity", False),
-        ("loss", False),
+        # Names the old name heuristic got backwards: they say nothing about a loss...
+        ("wmt16", "ter", False),
+        ("polemo2", "brier_score", False),
+        ("arith", "mse", False),
+        ("toxigen", "toxicity", False),
+        ("mc", "acc", True),
+        # ...or look like one while lm-eval marks them higher-is-better.
+        ("custom", "loss_reduction", True),
+        ("custom", "nll_gain", True),
     ],
 )
-def test_direction(metric, higher):
-    assert higher_is_better(metric) is higher
+def test_direction_is_the_one_lm_eval_recorded(task, metric, higher):
+    table = metrics_table([("a", with_direction(task, metric, higher))])
+    assert table.higher_is_better.iloc[0] == higher
+    assert direction(table, f"{task}/{metric}") is higher
+
+
+def test_unknown_or_conflicting_direction_is_an_error():
+    table = metrics_table([("a", with_direction("t", "score", None))])
+    assert table.higher_is_better.isna().all()
+    with pytest.raises(ValueError, match="recorded no higher_is_better"):
+        direction(table, "t/score")
+    both = metrics_table(
+        [("a", with_direction("t", "score", True)), ("b", with_direction("t", "score", False))]
+    )
+    with pytest.raises(ValueError, match="disagree"):
+        direction(both, "t/score")
+
+
+def test_fixture_directions_come_from_the_results():
+    table = metrics_table([(n, load(f"eval/{n}.json")) for n in ("add", "rev")])
+    assert direction(table, "demo/exact_match") is True
+    assert direction(table, "demo_add_nll/nll") is False
+    assert direction(table, "text_ppl/word_perplexity") is False
 
 
 def test_table_and_lookup():

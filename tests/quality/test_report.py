@@ -10,14 +10,17 @@ import pytest
 
 from mergeflow.cli import main
 from mergeflow.quality.metrics import COLUMNS
-from mergeflow.quality.report import (
-    compare,
-    fmt_sigmas,
-    fmt_value,
-    load_manifest,
-    manifest_table,
-    parse_manifest,
-)
+from mergeflow.quality.formatting import fmt_p, fmt_signed, fmt_value
+from mergeflow.quality.manifest import load_manifest, load_results, manifest_table, parse_manifest
+from mergeflow.quality.statistics import compare_pairs
+
+
+def compare(table, manifest):
+    pairs = [(n.name, p) for n in manifest.nodes.values() for p in n.parents]
+    present = set(table.step)
+    pairs = [(s, p) for s, p in pairs if s in present and p in present]
+    return compare_pairs(table, load_results(manifest), pairs)
+
 
 from .conftest import node_command
 
@@ -83,7 +86,7 @@ def test_metrics_csv_is_tidy_and_covers_every_evaluated_node(recipe):
     assert demo.value == pytest.approx(0.70) and demo.n == 400
 
 
-def test_deltas_and_significance(recipe):
+def test_paired_deltas_with_known_answers(recipe):
     path = recipe()
     node_command("select", "step1")
     manifest = load_manifest(path)
@@ -99,24 +102,36 @@ def test_deltas_and_significance(recipe):
         assert len(hit) == 1
         return hit.iloc[0]
 
-    worse = row("step1--w75", "add", "demo_add")  # 0.60 vs 0.80, noise ≈ 0.045
-    assert worse.delta == pytest.approx(-0.20) and worse.significant and worse.status == "worse"
-    assert worse.noise == pytest.approx(math.sqrt(worse.stderr**2 + worse.parent_stderr**2))
-    better = row("step1--w75", "rev", "demo_add")
-    assert better.delta == pytest.approx(0.40) and better.status == "better"
-    noise = row("step2", "step1", "demo_add")  # 0.58 vs 0.60: inside ±0.049
-    assert (
-        noise.delta == pytest.approx(-0.02)
-        and not noise.significant
-        and noise.status == "within noise"
-    )
-    # Lower is better: nll 0.45 → 0.50 is a significant regression (noise 0.028).
+    # 0.60 vs 0.80 of 200 items, nested: 40 discordant items, all for add. Exact McNemar.
+    worse = row("step1--w75", "add", "demo_add")
+    assert worse.delta == pytest.approx(-0.20) and worse.method == "mcnemar"
+    assert worse.p_value == pytest.approx(2 * 0.5**40) and worse.status == "worse"
+    # Clopper-Pearson on 0 wins of 40: the share π ∈ [0, 0.088], the difference 0.2 · (2π − 1).
+    assert worse.ci_low == pytest.approx(-0.2) and worse.n_paired == 200
+    assert worse.ci_high == pytest.approx(0.2 * (2 * (1 - 0.025 ** (1 / 40)) - 1))
+    assert row("step1--w75", "rev", "demo_add").status == "better"
+    # 0.58 vs 0.60: 4 discordant items, p = 2 · 0.5⁴ = 0.125: within noise.
+    noise = row("step2", "step1", "demo_add")
+    assert noise.delta == pytest.approx(-0.02) and noise.p_value == pytest.approx(0.125)
+    assert not noise.significant and noise.status == "within noise"
+    assert noise.ci_low < 0 < noise.ci_high
+    # The group demo (mean of demo_add and demo_rev) is tested on the pooled items.
+    group = row("step2", "step1", "demo")
+    assert group.method == "mcnemar" and group.n_paired == 400
+    # Lower is better (lm-eval's higher_is_better: false): every item's nll rises by 0.05, so
+    # the interval is that point and the permutation test finds no swap as extreme.
     loss = row("step2", "step1", "demo_add_nll", "nll")
-    assert loss.delta == pytest.approx(0.05) and loss.status == "worse"
+    assert loss.method == "permutation" and loss.status == "worse"
+    assert loss.ci_low == pytest.approx(0.05) and loss.ci_high == pytest.approx(0.05)
+    assert loss.p_value == pytest.approx(1 / 2001)
     assert row("step2", "copy", "demo_add_nll", "nll").status == "better"
-    # No stderr on either side: never significant, however large the delta.
+    # No samples and no stderr: not tested, never significant, however large the delta.
     ppl = row("step2", "copy", "text_ppl", "word_perplexity")
     assert ppl.delta == pytest.approx(-2.6) and not ppl.significant and ppl.status == "no stderr"
+    assert ppl.method == "none" and ppl.note == "no per-item samples"
+    # Identical items: a zero delta, a zero interval, p = 1.
+    same = row("step1--w50", "rev", "demo_rev")
+    assert same.delta == 0 and (same.ci_low, same.ci_high, same.p_value) == (0, 0, 1)
     # Every (step, parent) pair of every evaluated merged node is there; nothing for step3.
     pairs = set(zip(deltas.step, deltas.parent))
     assert pairs == {
@@ -125,6 +140,29 @@ def test_deltas_and_significance(recipe):
         ("step2", "step1"),
         ("step2", "copy"),
     }
+
+
+def test_without_samples_the_stderr_view_is_used_and_said(recipe):
+    path = recipe()
+    for name in ("step2", "copy"):
+        raw = json.loads(Path(f"eval/{name}.json").read_text())
+        del raw["mergeflow_samples"]
+        Path(f"eval/{name}.json").write_text(json.dumps(raw))
+    node_command("select", "step1")
+    manifest = load_manifest(path)
+    deltas = compare(manifest_table(manifest), manifest).set_index(
+        ["step", "parent", "task", "metric"]
+    )
+    row = deltas.loc[("step2", "copy", "demo_add_nll", "nll")]
+    assert row.method == "stderr" and row.note == "no per-item samples"
+    noise = math.hypot(row.stderr, row.parent_stderr)
+    z = abs(row.delta) / noise
+    assert row.p_value == pytest.approx(math.erfc(z / math.sqrt(2)))
+    assert row.ci_high - row.ci_low == pytest.approx(2 * 1.959964 * noise, rel=1e-5)
+    assert deltas.loc[("step2", "step1", "demo_add", "exact_match")].method == "stderr"
+    assert deltas.loc[("step1", "add", "demo_add", "exact_match")].method == "mcnemar"
+    page = run_workflow_commands()
+    assert "Without per-item samples" in page and "unpaired" in page
 
 
 def test_html_is_self_contained(recipe):
@@ -163,8 +201,8 @@ def test_html_shows_verdicts_lineage_config_and_provenance(recipe):
     assert "not run: no results at eval/step3.json" in page
     assert "step1 is its selected variant step1--w75." in page
     # A good headline cannot hide a lost skill: reversal fell beyond noise against rev.
-    # 0.97 ± 0.012 against 1.00 ± 0.0: the loss is 2.5 times the noise.
-    assert "▼ demo_rev/exact_match -0.030 (2.5σ) vs rev" in page
+    # 0.97 against 1.00: 6 of 200 items lost, none won: exact McNemar p = 2 · 0.5⁶.
+    assert "▼ demo_rev/exact_match -0.0300 (p=0.031) vs rev" in page
 
 
 def test_html_marks_a_failed_gate_and_the_steps_it_stopped(recipe):
@@ -204,23 +242,6 @@ def section(page, key):
     return page.split(f'<h2 id="{key}">', 1)[1].split("<h2 id=", 1)[0]
 
 
-def test_sigmas_say_how_far_beyond_noise_a_delta_is(recipe):
-    path = recipe()
-    node_command("select", "step1", "out/s.json")
-    manifest = load_manifest(path)
-    deltas = compare(manifest_table(manifest), manifest).set_index(
-        ["step", "parent", "task", "metric"]
-    )
-    worse = deltas.loc[("step1--w75", "add", "demo_add", "exact_match")]
-    assert worse.sigmas == pytest.approx(abs(worse.delta) / worse.noise)
-    assert worse.sigmas > 1 and worse.significant
-    # 1.0 ± 0 against 1.0 ± 0: no difference, not a division by zero.
-    same = deltas.loc[("step1--w50", "rev", "demo_rev", "exact_match")]
-    assert same.delta == 0 and same.noise == 0
-    assert same.sigmas == 0 and same.status == "within noise"
-    assert math.isnan(deltas.loc[("step2", "copy", "text_ppl", "word_perplexity")].sigmas)
-
-
 def test_numbers_are_printed_to_the_precision_of_their_stderr():
     assert fmt_value(0.903333, 0.0119999) == "0.903 ± 0.012"
     assert fmt_value(0.173417, 0.006653) == "0.1734 ± 0.0067"
@@ -229,26 +250,38 @@ def test_numbers_are_printed_to_the_precision_of_their_stderr():
     assert fmt_value(11.0, math.nan) == "11.000"  # a perplexity without stderr
     assert fmt_value(0.0012, math.nan) == "0.00120"  # small, yet not printed as 0.001
     assert fmt_value(0.9, 0.05, digits=4) == "0.9000 ± 0.0500"
-    assert fmt_sigmas(2.54) == "2.5σ" and fmt_sigmas(math.inf) == "≥100σ"
-    assert fmt_sigmas(math.nan) == ""
+    assert fmt_signed(0.0, 0.01) == "0.000"  # a zero delta is zero, unsigned
+    assert fmt_signed(-0.0, math.nan) == "0.000"
+    assert fmt_signed(0.05, 0.01) == "+0.050" and fmt_signed(-0.0012, 0.0001) == "-0.00120"
+    assert fmt_p(2e-12) == "p<0.001" and fmt_p(0.125) == "p=0.12" and fmt_p(0.039) == "p=0.039"
 
 
-def test_glance_has_one_row_per_step_with_each_parent_and_the_noise_ratio(recipe):
+def test_glance_has_one_row_per_step_with_each_parent_ci_and_p(recipe):
     recipe()
     glance = section(run_workflow_commands(), "glance")
-    table = glance.split("<table>", 1)[1]
+    table = glance.split('<table class="sticky">', 1)[1]
     for step in ("step1", "step2", "step3"):
         assert f'href="#node-{step}"><b>{step}</b>' in table
     assert "step1--w50" not in table and "step1--w90" not in table  # variants: see Variants
     assert "chose step1--w75 of 3 variants" in table
-    # Every parent on its own line, the size in noise units, the best parent marked.
-    assert "vs add: ▲ +0.085 · 2.9σ (best parent)" in table
-    assert "vs rev: ▲ +0.185 · 8.0σ" in table
-    assert "vs step1: ▼ -0.015 · 0.6σ (best parent)" in table
-    assert "better than copy; within noise of step1" in table
-    # Losses come before gains among the other metrics.
-    changes = table.split("step2", 1)[0].split('class="list changes"', 1)[1]
-    assert changes.index("▼") < changes.index("more within noise")
+    # Every parent on its own line with the CI and p-value; the step it builds on comes first.
+    assert "vs add: ▲ +0.085 [+0.031, +0.135] p=0.0019 (best parent)" in table
+    assert "vs rev: ▲ +0.185 [+0.152, +0.204] p&lt;0.001" in table
+    step2 = table.split('href="#node-step2"', 1)[1].split('href="#node-step3"', 1)[0]
+    assert step2.index("vs step1:") < step2.index("vs copy:")
+    assert "vs step1: ▼ -0.0150 [-0.0150, -0.0012] p=0.031 (builds on, best parent)" in step2
+    # Worse than the step it builds on is red, whatever it gained against another parent.
+    assert '<td class="verdict worse">worse than step1; better than copy</td>' in step2
+    # Other metrics: against the best parent for a first step, losses first...
+    changes = table.split("step2", 1)[0].split('class="list changes"', 1)[1].split("</td>")[0]
+    assert "▼ demo_add/exact_match -0.2000 (p&lt;0.001) vs add" in changes
+    assert "▼ demo_rev/exact_match -0.0300 (p=0.031) vs rev" in changes
+    assert changes.index("▼") < changes.index("more within noise") and "▲" not in changes
+    # ...and against the step it builds on for a later one.
+    changes = step2.split('class="list changes"', 1)[1].split("</td>")[0]
+    assert "▼ demo_add_nll/nll +0.050 (p&lt;0.001) vs step1" in changes and "vs copy" not in changes
+    assert "Significant means p &lt; 0.05; intervals are 95% confidence intervals" in glance
+    assert "exact McNemar" in glance and "permutation test" in glance
 
 
 def test_bottom_line_names_the_final_and_best_step_the_gate_and_variant_margins(recipe):
@@ -260,7 +293,10 @@ def test_bottom_line_names_the_final_and_best_step_the_gate_and_variant_margins(
     assert "the last evaluated step before it is" in summary and "0.770 ± 0.019" in summary
     assert "Best step on demo/exact_match:" in summary and "step1</b></a> 0.785 ± 0.018" in summary
     assert "Gate: 2 of 3 steps passed" in summary and "not run: step3" in summary
-    assert "step1 → step1--w75 (+0.060 over step1--w90, 2.1σ: lead beyond noise)" in summary
+    assert (
+        "step1 → step1--w75 (▲ +0.060 [+0.013, +0.103] p=0.012 over step1--w90: lead beyond "
+        "noise)" in summary
+    )
 
 
 def test_variants_show_each_ones_gap_to_the_winner(recipe):
@@ -270,7 +306,8 @@ def test_variants_show_each_ones_gap_to_the_winner(recipe):
     assert (
         variants.index("step1--w75") < variants.index("step1--w90") < variants.index("step1--w50")
     )
-    assert "▼ -0.060 · 2.1σ" in variants and "▼ -0.110 · 4.4σ" in variants
+    assert "▼ -0.060 [-0.103, -0.013] p=0.012" in variants
+    assert "▼ -0.110 [-0.129, -0.079] p&lt;0.001" in variants
 
 
 def test_lineage_keeps_inputs_next_to_their_use_and_shows_the_headline(recipe):

@@ -14,12 +14,12 @@ def names(ranking):
 
 
 def test_higher_is_better_ranks_descending():
-    assert names(rank({"a": 0.5, "b": 0.9, "c": 0.7}, "demo/exact_match")) == ["b", "c", "a"]
+    assert names(rank({"a": 0.5, "b": 0.9, "c": 0.7}, True)) == ["b", "c", "a"]
 
 
 def test_lower_is_better_ranks_ascending():
-    assert names(rank({"a": 0.5, "b": 0.9, "c": 0.7}, "demo_nll/nll")) == ["a", "c", "b"]
-    assert names(rank({"a": 12.0, "b": 9.0}, "wikitext/word_perplexity")) == ["b", "a"]
+    assert names(rank({"a": 0.5, "b": 0.9, "c": 0.7}, False)) == ["a", "c", "b"]
+    assert names(rank({"a": 12.0, "b": 9.0}, False)) == ["b", "a"]
 
 
 def test_ties_break_by_name_whatever_the_input_order():
@@ -27,21 +27,22 @@ def test_ties_break_by_name_whatever_the_input_order():
         {"s--b": 0.5, "s--a": 0.5, "s--c": 0.2},
         {"s--c": 0.2, "s--a": 0.5, "s--b": 0.5},
     ):
-        assert names(rank(values, "demo/exact_match")) == ["s--a", "s--b", "s--c"]
-        assert names(rank(values, "demo_nll/nll")) == ["s--c", "s--a", "s--b"]
+        assert names(rank(values, True)) == ["s--a", "s--b", "s--c"]
+        assert names(rank(values, False)) == ["s--c", "s--a", "s--b"]
 
 
 def test_missing_values_rank_last_and_never_win():
-    assert names(rank({"a": math.nan, "b": 0.1}, "demo/exact_match")) == ["b", "a"]
+    assert names(rank({"a": math.nan, "b": 0.1}, True)) == ["b", "a"]
     with pytest.raises(ValueError, match="no variant"):
-        select("s", {"a": math.nan}, "demo/exact_match")
+        select("s", {"a": math.nan}, "demo/exact_match", True)
 
 
 def test_select_returns_the_winner_and_the_ranking():
-    result = select("s", {"s--x": 0.4, "s--y": 0.6}, "demo/exact_match")
+    result = select("s", {"s--x": 0.4, "s--y": 0.6}, "demo/exact_match", True)
     assert result == {
         "step": "s",
         "metric": "demo/exact_match",
+        "higher_is_better": True,
         "selected": "s--y",
         "ranking": [{"name": "s--y", "value": 0.6}, {"name": "s--x", "value": 0.4}],
     }

@@ -241,24 +241,35 @@ def merge_command(wildcards):
 
 def merge_options():
     options = ["--device", MERGE["device"], "--random-seed", str(MERGE["random_seed"])]
-    options += ["--out-shard-size", MERGE["out_shard_size"], "--quiet"]
+    # No --quiet: in a job's log the merge reports progress as a few lines.
+    options += ["--out-shard-size", MERGE["out_shard_size"]]
     if MERGE["allow_crimes"]:
         options.append("--allow-crimes")
     return shlex.join(options + MERGE["extra_args"])
 
 
 def evaluation_options():
-    options = [
-        "--tasks",
-        *EVALUATION["tasks"],
-        "--batch-size",
-        str(EVALUATION["batch_size"]),
-    ]
+    # In the order of earlier versions, so that an unchanged config reruns no evaluation.
+    options = ["--tasks", *EVALUATION["tasks"]] if EVALUATION["tasks"] else []
+    options += ["--batch-size", str(EVALUATION["batch_size"])]
     options += ["--device", EVALUATION["device"], "--dtype", EVALUATION["dtype"]]
-    for key in ("include_path", "num_fewshot", "limit"):
+    for key in ("include_path", "num_fewshot", "suite"):
         if EVALUATION[key] is not None:
             options += [f"--{key.replace('_', '-')}", str(EVALUATION[key])]
+    limit = EVALUATION["limit"]
+    if limit is not None:
+        per_task = limit.items() if isinstance(limit, dict) else []
+        values = [f"{t}={n}" for t, n in per_task] if per_task else [str(limit)]
+        options += ["--limit", *values]
+    if EVALUATION["model_args"]:
+        pairs = [f"{k}={v}" for k, v in EVALUATION["model_args"].items()]
+        options += ["--model-args", ",".join(pairs)]
     return shlex.join(options)
+
+
+def confidence_option():
+    """The significance level the gate and the report test at (config report.confidence)."""
+    return f"--confidence {config['report']['confidence']}"
 
 
 def source(wildcards):

@@ -70,6 +70,8 @@ checkpoint gate:
         "../../envs/report.yaml"
     resources:
         **job_resources("small"),
+    params:
+        confidence=confidence_option(),
     shell:
         "mergeflow gate --manifest {input.manifest:q} --step {wildcards.node}"
-        " --output {output:q} > {log} 2>&1"
+        " {params.confidence} --output {output:q} > {log} 2>&1"

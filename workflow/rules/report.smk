@@ -71,9 +71,24 @@ rule report:
         **job_resources("small"),
     params:
         out_dir=lambda wildcards, output: Path(output.html).parent,
+        confidence=confidence_option(),
     shell:
-        "mergeflow report --manifest {input.manifest:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "mergeflow report --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        " {params.confidence} > {log} 2>&1"
 
 
 onsuccess:
+    from mergeflow.quality.summary import print_summary
+
     announce_gate_stops()
+    print_summary(
+        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+    )
+
+
+onerror:
+    from mergeflow.quality.summary import print_summary
+
+    print_summary(
+        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+    )
