@@ -52,8 +52,10 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     out = Path(out).absolute()
-    outdir.check_destination(out, options.overwrite)
-    paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
+    refs = config.referenced_models()
+    outdir.check_not_an_input(out, {str(r): Path(r.path).expanduser() for r in refs if Path(r.path).expanduser().exists()})
+    outdir.check_destination(out, options.overwrite)  # before any download
+    paths = {ref: resolve_model(ref, options.transformers_cache) for ref in refs}
     outdir.check_not_an_input(out, {str(ref): path for ref, path in paths.items()})
     checkpoints = {ref: Checkpoint(path, str(ref)) for ref, path in paths.items()}
     plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
