@@ -81,7 +81,8 @@ class Merge:
             before.pop(self.config.name, None)
         got, err = self.run(text, *flags, out=out)
         after = tree(self.root)
-        after.pop(self.config.name, None)
+        if text is not None:
+            after.pop(self.config.name, None)
         assert got == code, err
         assert "Traceback" not in err
         errors = [line for line in err.splitlines() if line.startswith("mergeflow merge: error")]
