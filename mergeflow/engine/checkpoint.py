@@ -121,11 +121,12 @@ class Checkpoint:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
             except pickle.UnpicklingError as err:
-                lines = str(err).splitlines()
-                why = next((line.strip() for line in lines if "Unsupported" in line or "error:" in line), lines[0] if lines else "")
+                _, _, reason = str(err).partition("WeightsUnpickler error:")
+                why = next((line.strip() for line in reason.splitlines() if line.strip()), "not a plain state dict")
+                why = why.split(". ")[0]  # the rest suggests allow-listing, which we never do
                 raise PreflightError(
                     f"{file}: refused by weights_only loading, which never runs code from a checkpoint "
-                    f"({why[:200]}); convert it to safetensors with a tool you trust"
+                    f"({why[:160]}); convert it to safetensors with a tool you trust"
                 ) from None
             except Exception as err:  # torch raises several types for corrupt or truncated files
                 detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__

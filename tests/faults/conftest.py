@@ -71,7 +71,9 @@ class Merge:
             self.config.write_bytes(text if isinstance(text, bytes) else text.encode())
         self.capsys.readouterr()
         code = main(["merge", str(self.config), str(out or self.out), "--quiet", *flags])
-        return code, self.capsys.readouterr().err
+        captured = self.capsys.readouterr()
+        self.stdout = captured.out
+        return code, captured.err
 
     def fails(self, text, *names: str, flags: tuple[str, ...] = (), out: Path | None = None, code: int = 1) -> str:
         """The merge fails with ``code`` and one error line naming ``names``; nothing under the
