@@ -37,9 +37,6 @@ CASES = {
     "modules_two": ("merge_method: linear\nmodules:\n  a: {{models: []}}\n  b: {{models: []}}\n", "'modules'"),
     "revision_on_local_path": ("merge_method: linear\nmodels:\n  - model: {m1}@main\n    parameters: {{weight: 1}}\n", "a local path cannot take a revision"),
     "model_is_a_file": ("merge_method: linear\nmodels:\n  - model: {m1}/config.json\n    parameters: {{weight: 1}}\n", "not a directory"),
-    "dare_negative_density": ("merge_method: dare_ties\nbase_model: {base}\n" + TWO.replace("weight: 0.5", "weight: 0.5, density: -0.5"), "models[0].parameters.density"),
-    "della_epsilon_too_wide": ("merge_method: della\nbase_model: {base}\n" + TWO.replace("weight: 0.5", "weight: 0.5, density: 0.98, epsilon: 0.05"), "models[0].parameters.density"),
-    "ties_nan_density": ("merge_method: ties\nbase_model: {base}\n" + TWO.replace("weight: 0.5", "weight: 0.5, density: .nan"), "models[0].parameters.density"),
 }
 
 
