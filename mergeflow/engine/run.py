@@ -14,15 +14,15 @@ import torch
 
 from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
-from mergeflow.engine.errors import ConfigError, OutputError
+from mergeflow.engine.errors import OutputError
 from mergeflow.engine.execute import execute
 from mergeflow.engine import outdir
 from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
 from mergeflow.engine.plan import build_plan
 from mergeflow.engine.ranges import check_values
 from mergeflow.engine.references import file_sha256, identity, resolve_model
+from mergeflow.engine.validate import method_of
 from mergeflow.engine.writer import ShardWriter
-from mergeflow.methods import get_method
 
 log = logging.getLogger("mergeflow")
 
@@ -45,10 +45,7 @@ class MergeOptions:
 def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     """Merge per ``config_text`` into ``out``; returns the provenance record that was written."""
     config = parse_config(config_text)
-    try:
-        method = get_method(config.merge_method)
-    except KeyError as err:
-        raise ConfigError("merge_method", err.args[0]) from None
+    method = method_of(config)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     out = Path(out).absolute()

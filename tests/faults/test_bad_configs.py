@@ -89,7 +89,7 @@ def test_unexpected_error_inside_a_method_names_tensor_and_method(merge, models,
         raise RuntimeError("CUDA error: an illegal memory access\nsecond line")
 
     spec = dataclasses.replace(get_method("linear"), merge=broken)
-    monkeypatch.setattr("mergeflow.engine.run.get_method", lambda name: spec)
+    monkeypatch.setattr("mergeflow.engine.validate.get_method", lambda name: spec)
     line = merge.fails(linear(models["m1"], models["m2"]), "merge method 'linear' failed", "tensor ", "RuntimeError")
     assert "second line" not in line
 

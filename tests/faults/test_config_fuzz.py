@@ -13,12 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mergeflow.engine.checkpoint import Checkpoint
-from mergeflow.engine.config import parse_config
-from mergeflow.engine.errors import ConfigError, MergeflowError
+from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import build_plan
 from mergeflow.engine.ranges import check_values
 from mergeflow.engine.references import resolve_model
-from mergeflow.methods import get_method
+from mergeflow.engine.validate import check_config
 
 KEYS = ["merge_method", "models", "model", "slices", "sources", "layer_range", "base_model", "parameters",
         "weight", "density", "t", "filter", "value", "dtype", "out_dtype", "normalize", "epsilon", "modules",
@@ -89,11 +88,7 @@ def checkpoint_cache():
 
 
 def _plan(text: str, cache: dict) -> None:
-    config = parse_config(text)
-    try:
-        method = get_method(config.merge_method)
-    except KeyError as err:
-        raise ConfigError("merge_method", err.args[0]) from None
+    config, method = check_config(text)
     checkpoints = {}
     for ref in config.referenced_models():
         path = resolve_model(ref)

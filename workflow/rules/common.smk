@@ -260,16 +260,31 @@ def write_generated(output, log, text):
 
 
 def check_engine_config(node, text):
-    """Parse with the engine's own parser and method registry, so that a typo in a late step
-    fails when the run starts, not hours later."""
-    from mergeflow.engine.config import parse_config
+    """Parse with the engine's own parser, method registry and parameter types, so that a typo
+    or a bad value in a late step fails when the workflow is parsed, not hours later."""
     from mergeflow.engine.errors import MergeflowError
-    from mergeflow.methods import get_method
+    from mergeflow.engine.validate import check_config
 
     try:
-        get_method(parse_config(text).merge_method)
-    except (MergeflowError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) else err
-        raise WorkflowError(
-            f"{PLAN.nodes[node].recipe}: step {node}: {message}"
-        ) from None
+        check_config(text)
+    except MergeflowError as err:
+        raise WorkflowError(f"{PLAN.nodes[node].recipe}: step {node}: {err}") from None
+
+
+def check_cuda_build():
+    """``device: cuda`` needs a torch built with CUDA; fail now, not after jobs were queued.
+    (Whether a GPU is visible is checked by each job: the login node of a cluster has none.)"""
+    keys = [f"{s}.device" for s, c in (("merge", MERGE), ("evaluation", EVALUATION)) if c["device"] == "cuda"]
+    if keys:
+        import torch
+
+        if torch.version.cuda is None:
+            raise WorkflowError(
+                f"{keys[0]}: cuda, but this torch {torch.__version__} was built without CUDA; "
+                "set device: cpu or install a CUDA build of torch"
+            )
+
+
+for _node in PLAN.merged:
+    check_engine_config(_node, PLAN.engine_config(_node, COMMITS))
+check_cuda_build()
