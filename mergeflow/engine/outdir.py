@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -153,11 +154,12 @@ def output_lock(out: Path) -> Iterator[None]:
 def remove_leftovers(out: Path) -> None:
     """With the lock held: restore an OUT a dead run had retired but not replaced, then remove
     every staging and retired directory dead runs left beside ``out``."""
-    prefixes = (f".{out.name}.tmp-", f".{out.name}.old-")
-    leftovers = sorted(p for p in out.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+    # Exactly the names make_dir gives, so another OUT's (``OUT.tmp-x``'s) are never matched.
+    mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-\d+@[^/]+-[0-9a-f]{{8}}")
+    leftovers = sorted(p for p in out.parent.iterdir() if mine.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
     for retired in leftovers:
         previous = retired / out.name
-        if retired.name.startswith(prefixes[1]) and not out.exists() and not out.is_symlink() and previous.exists():
+        if mine.fullmatch(retired.name).group(1) == "old" and not out.exists() and not out.is_symlink() and previous.exists():
             os.replace(previous, out)
             log.warning("restored %s, which an interrupted merge had moved aside", out)
     for path in leftovers:

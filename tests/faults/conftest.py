@@ -1,17 +1,19 @@
-"""Fixtures for the fault catalogue: tiny models built once, and a runner that checks the rules
-every fault must keep (an exit code, one line naming the culprit, no traceback, nothing behind)."""
+"""Fixtures for the fault catalogue: tiny models built once, and the merge runner."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from faults_support import Merge
 from tiny_models import make_model
 
-from mergeflow.cli import main
+# The mergekit oracle lives beside the engine tests; appended, so that no test directory's
+# ``conftest`` is shadowed.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "engine"))
 
 torch.set_num_threads(1)
 
@@ -36,63 +38,6 @@ def model_copy(models, tmp_path):
         return target
 
     return copy
-
-
-def linear(*paths) -> str:
-    body = "".join(f"  - model: {p}\n    parameters: {{weight: 0.5}}\n" for p in paths)
-    return f"merge_method: linear\nmodels:\n{body}"
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with a digest of its content: 'nothing changed' is equality."""
-    state = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            state[rel] = f"-> {path.readlink()}"
-        elif path.is_file():
-            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            state[rel] = "dir"
-    return state
-
-
-class Merge:
-    """Runs ``mergeflow merge`` in-process in a work dir and checks what a fault must keep."""
-
-    def __init__(self, root: Path, capsys):
-        self.root = root
-        self.capsys = capsys
-        self.out = root / "out"
-        self.config = root / "merge.yml"
-
-    def run(self, text: str | bytes | None, *flags: str, out: Path | None = None) -> tuple[int, str]:
-        if text is not None:
-            self.config.write_bytes(text if isinstance(text, bytes) else text.encode())
-        self.capsys.readouterr()
-        code = main(["merge", str(self.config), str(out or self.out), "--quiet", *flags])
-        captured = self.capsys.readouterr()
-        self.stdout = captured.out
-        return code, captured.err
-
-    def fails(self, text, *names: str, flags: tuple[str, ...] = (), out: Path | None = None, code: int = 1) -> str:
-        """The merge fails with ``code`` and one error line naming ``names``; nothing under the
-        work dir changed (no OUT, no staging, no lock, an existing OUT untouched)."""
-        before = tree(self.root)
-        if text is not None:
-            before.pop(self.config.name, None)
-        got, err = self.run(text, *flags, out=out)
-        after = tree(self.root)
-        if text is not None:
-            after.pop(self.config.name, None)
-        assert got == code, err
-        assert "Traceback" not in err
-        errors = [line for line in err.splitlines() if line.startswith("mergeflow merge: error")]
-        assert len(errors) == 1, err
-        for name in names:
-            assert str(name) in errors[0], errors[0]
-        assert after == before
-        return errors[0]
 
 
 @pytest.fixture

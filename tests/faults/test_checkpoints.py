@@ -12,7 +12,7 @@ import struct
 
 import pytest
 import torch
-from conftest import linear
+from faults_support import linear
 from safetensors.torch import load_file, save_file
 
 from oracle import load_dir

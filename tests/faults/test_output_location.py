@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import linear, tree
+from faults_support import linear, tree
 
 from oracle import load_dir
 
@@ -194,3 +194,12 @@ def test_provenance_marks_a_merge_output(merge, models):
     assert merge.run(linear(models["m1"], models["m2"]))[0] == 0
     assert json.loads((merge.out / "provenance.json").read_text())["merge_method"] == "linear"
     assert tree(merge.out)  # not empty
+
+
+def test_another_outputs_staging_is_not_taken_for_a_leftover(merge, models):
+    """``.out.tmp-x.tmp-...`` belongs to a merge into ``out.tmp-x``, not to one into ``out``."""
+    other = merge.root / ".out.tmp-x.tmp-4242@busyhost-12345678"
+    other.mkdir()
+    code, err = merge.run(linear(models["m1"], models["m2"]))
+    assert code == 0, err
+    assert other.is_dir() and "interrupted merge" not in err

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import linear, tree
+from faults_support import linear, tree
 from hub_server import HubServer
 
 TOKEN = "hf_SECRETtoken1234567890"

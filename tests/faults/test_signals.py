@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import linear, tree
+from faults_support import linear, tree
 
 SLOW_WRITER = """
 import pathlib, sys, time

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import linear
+from faults_support import linear
 
 M = "{m1}"
 TWO = "models:\n  - model: {m1}\n    parameters: {{weight: 0.5}}\n  - model: {m2}\n    parameters: {{weight: 0.5}}\n"
