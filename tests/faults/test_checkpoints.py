@@ -172,10 +172,11 @@ def test_no_weights(merge, models, model_copy, no_weight_reads):
     merge.fails(linear(model, models["m2"]), "no model.safetensors")
 
 
-def test_non_finite_input_values_are_named_in_a_warning(merge, models, model_copy):
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_input_values_are_named_in_a_warning(merge, models, model_copy, value):
     model = model_copy("m1")
     tensors = load_file(model / "model.safetensors")
-    tensors["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 1] = float(value)
     save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
     code, err = merge.run(linear(model, models["m2"]))
     assert code == 0, err
