@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -191,11 +192,30 @@ def remove_if_empty(directories: list[Path]) -> None:
 
 
 @contextmanager
+def _signals_held(out: Path) -> Iterator[None]:
+    """SIGINT/SIGTERM are noted, not acted on, during the block (Python runs signal handlers in
+    the main thread, whichever thread the signal hit, so a handler swap is what holds them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in dict.fromkeys(arrived):
+        log.warning("%s arrived while the finished merge was being published; %s is complete", signal.Signals(signum).name, out)
+
+
+@contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """Yield a staging directory beside ``out``; it replaces ``out`` only if the block succeeds.
 
     The two renames that swap it in run with SIGINT/SIGTERM held back, so a signal cannot leave
-    ``out`` moved aside; a failure or signal anywhere else removes the staging directory.
+    ``out`` moved aside (one that arrives then finds the merge complete, and is only reported); a
+    failure or signal anywhere else removes the staging directory.
     """
     try:
         staging = make_dir(out.parent, f".{out.name}.tmp-")
@@ -203,9 +223,7 @@ def atomic_directory(out: Path) -> Iterator[Path]:
         raise OutputError(f"{out.parent}: cannot write there ({err.strerror})") from None
     try:
         yield staging
-        held = {signal.SIGINT, signal.SIGTERM}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with _signals_held(out):
             if out.exists() or out.is_symlink():
                 retired = make_dir(out.parent, f".{out.name}.old-")
                 os.replace(out, retired / out.name)
@@ -213,8 +231,6 @@ def atomic_directory(out: Path) -> Iterator[Path]:
                 shutil.rmtree(retired)
             else:
                 os.replace(staging, out)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

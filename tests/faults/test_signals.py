@@ -116,3 +116,29 @@ def test_kill_9_leftovers_are_removed_by_the_next_run(tmp_path, dare_config, cle
     assert main(_merge_args(dare_config, out)) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert _weights(out) == _weights(clean_run)
+
+
+def test_a_signal_during_publication_finds_the_merge_complete(models, tmp_path, monkeypatch, capsys):
+    """SIGTERM between the two renames is held back: OUT is never left moved aside."""
+    from faults_support import linear
+
+    from mergeflow.cli import main
+    from mergeflow.engine import outdir
+
+    config = tmp_path / "merge.yml"
+    config.write_text(linear(models["m1"], models["m2"]))
+    out = tmp_path / "out"
+    assert main(["merge", str(config), str(out), "--quiet"]) == 0
+    real_replace = os.replace
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(outdir.os, "replace", replace_then_signal)
+    config.write_text(linear(models["m1"], models["m2"]).replace("weight: 0.5", "weight: 0.2", 1))
+    capsys.readouterr()
+    assert main(["merge", str(config), str(out), "--quiet"]) == 0
+    assert "SIGTERM arrived while the finished merge was being published" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.yml", "out"]
+    assert "weight: 0.2" in (out / "mergekit_config.yml").read_text()

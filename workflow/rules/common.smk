@@ -273,8 +273,13 @@ def check_engine_config(node, text):
 
 def check_cuda_build():
     """``device: cuda`` needs a torch built with CUDA; fail now, not after jobs were queued.
-    (Whether a GPU is visible is checked by each job: the login node of a cluster has none.)"""
-    keys = [f"{s}.device" for s, c in (("merge", MERGE), ("evaluation", EVALUATION)) if c["device"] == "cuda"]
+    (Whether a GPU is visible is checked by each job: the login node of a cluster has none.)
+    """
+    keys = [
+        f"{s}.device"
+        for s, c in (("merge", MERGE), ("evaluation", EVALUATION))
+        if c["device"] == "cuda"
+    ]
     if keys:
         import torch
 
