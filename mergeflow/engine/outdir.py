@@ -144,8 +144,11 @@ def output_lock(out: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, owner_tag().encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, owner_tag().encode())
+        except OSError:
+            pass  # the owner's name is for messages only; a full disk must not stop the lock
         yield
     finally:
         lock_path.unlink(missing_ok=True)
@@ -228,7 +231,7 @@ def atomic_directory(out: Path) -> Iterator[Path]:
                 retired = make_dir(out.parent, f".{out.name}.old-")
                 os.replace(out, retired / out.name)
                 os.replace(staging, out)
-                shutil.rmtree(retired)
+                shutil.rmtree(retired, ignore_errors=True)  # what is left, the next merge removes
             else:
                 os.replace(staging, out)
     finally:
