@@ -14,7 +14,7 @@ import torch
 
 from mergeflow.engine.checkpoint import Checkpoint
 from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
-from mergeflow.engine.errors import OutputError
+from mergeflow.engine.errors import OutputError, PreflightError
 from mergeflow.engine.execute import execute
 from mergeflow.engine import outdir
 from mergeflow.engine.outputs import copy_tokenizer, write_model_card, write_model_config, write_provenance
@@ -108,9 +108,16 @@ def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Chec
         records.append({
             "reference": str(ref),
             "identity": identity(ref, path),
-            "files": {f.name: file_sha256(f, stop) for f in read},
+            "files": {f.name: _sha256(f, stop) for f in read},
         })
     return records
+
+
+def _sha256(file: Path, stop: threading.Event) -> str:
+    try:
+        return file_sha256(file, stop)
+    except OSError as err:
+        raise PreflightError(f"{file}: cannot read input file ({err.strerror})") from None
 
 
 def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: list[dict], tensor_sha256: dict[str, str]) -> dict:
