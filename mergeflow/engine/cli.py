@@ -19,7 +19,7 @@ from mergeflow.engine.errors import Interrupted, MergeflowError
 log = logging.getLogger("mergeflow")
 
 NO_EFFECT = {
-    "lazy_unpickle": "--lazy-unpickle has no effect: .bin checkpoints are always memory-mapped with weights_only loading",
+    "lazy_unpickle": "--lazy-unpickle has no effect: .bin checkpoints are loaded weights_only, memory-mapped unless in the legacy format",
     "low_cpu_memory": "--low-cpu-memory has no effect: each result is streamed to disk as soon as it is merged",
     "clone_tensors": "--clone-tensors has no effect: the writer never shares storage between tensors",
     "trust_remote_code": "--trust-remote-code has no effect: mergeflow never runs model code",
