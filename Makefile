@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[workflow,test]"
 	touch $(STAMP)
 
+# mergeflow run: snakemake, after removing the lock a killed run left (see README, "Faults").
 run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mergeflow run --cores $(CORES)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest

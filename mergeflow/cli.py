@@ -9,6 +9,7 @@ from mergeflow import __version__
 from mergeflow.engine import cli as engine_cli
 from mergeflow.moe import cli as moe_cli
 from mergeflow.pipeline import cli as pipeline_cli
+from mergeflow.pipeline import run as pipeline_run
 from mergeflow.quality import cli as quality_cli
 from mergeflow.verify import cli as verify_cli
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mergeflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (engine_cli, moe_cli, quality_cli, pipeline_cli, verify_cli):
+    for module in (engine_cli, moe_cli, quality_cli, pipeline_cli, pipeline_run, verify_cli):
         module.register(subparsers)
     return parser
 

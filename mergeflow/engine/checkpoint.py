@@ -7,12 +7,20 @@ data; tensors are then read one at a time when the executor needs them.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from mergeflow.engine.errors import PreflightError
+
+log = logging.getLogger("mergeflow")
+_FINITE_CHECKED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 SAFETENSORS_DTYPES = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
@@ -27,20 +35,33 @@ WEIGHT_FILES = (
 
 
 class Checkpoint:
-    """The tensors and ``config.json`` of one local model directory."""
+    """The tensors and ``config.json`` of one local model directory.
+
+    Opening one is the integrity pre-flight: an index that names a tensor its shard lacks, a
+    shard whose header disagrees with its size, a tensor name in two shards, or a pickle that
+    weights-only loading refuses each fail here, in one line, before any weight is read.
+    """
 
     def __init__(self, path: Path, label: str):
         self.path = path
         self.label = label
         self.config = self._read_config()
+        self._index: dict[str, str] = {}
         self.files = self._weight_files()
         self._pickles: dict[Path, dict[str, torch.Tensor]] = {}
         self.headers: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._file_of: dict[str, Path] = {}
         for file in self.files:
             for name, header in self._read_headers(file).items():
+                if name in self._file_of:
+                    raise PreflightError(f"{file}: tensor {name} is also in {self._file_of[name].name}; a checkpoint holds each tensor once")
                 self.headers[name] = header
                 self._file_of[name] = file
+        for name, shard in self._index.items():
+            if self._file_of.get(name, self.path / shard) != self.path / shard:
+                raise PreflightError(f"{self.path / shard}: the index places tensor {name} there, but it is in {self._file_of[name].name}")
+            if name not in self._file_of:
+                raise PreflightError(f"{self.path / shard}: the index names tensor {name}, which this shard lacks")
 
     @classmethod
     def from_headers(cls, label: str, config: dict, headers: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> "Checkpoint":
@@ -56,9 +77,14 @@ class Checkpoint:
         if not config_path.is_file():
             raise PreflightError(f"{self.label}: no config.json in {self.path}")
         try:
-            return json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PreflightError(f"{config_path}: invalid JSON ({err})") from None
+        except OSError as err:
+            raise PreflightError(f"{config_path}: cannot read ({err.strerror})") from None
+        if not isinstance(config, dict):
+            raise PreflightError(f"{config_path}: expected a JSON object")
+        return config
 
     def _weight_files(self) -> list[Path]:
         for name in WEIGHT_FILES:
@@ -67,9 +93,16 @@ class Checkpoint:
                 if not name.endswith(".index.json"):
                     return [candidate]
                 try:
-                    weight_map = json.loads(candidate.read_text())["weight_map"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise PreflightError(f"{candidate}: not a valid index (needs 'weight_map')") from None
+                    weight_map = json.loads(candidate.read_text(encoding="utf-8"))["weight_map"]
+                    valid = isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    valid = False
+                if not valid:
+                    raise PreflightError(f"{candidate}: not a valid index (needs 'weight_map': tensor name -> shard file)")
+                for shard in weight_map.values():
+                    if Path(shard).name != shard:
+                        raise PreflightError(f"{candidate}: shard {shard!r} is not a file name in the model directory")
+                self._index = weight_map
                 files = [self.path / f for f in dict.fromkeys(weight_map.values())]
                 missing = [str(f) for f in files if not f.is_file()]
                 if missing:
@@ -78,19 +111,39 @@ class Checkpoint:
         raise PreflightError(f"{self.label}: no model.safetensors, pytorch_model.bin or index in {self.path}")
 
     def _read_headers(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        if file.suffix == ".safetensors":
-            try:
-                with safe_open(str(file), framework="pt") as handle:
-                    slices = {name: handle.get_slice(name) for name in handle.keys()}
-                    return {name: (SAFETENSORS_DTYPES[s.get_dtype()], tuple(s.get_shape())) for name, s in slices.items()}
-            except Exception as err:  # safetensors raises several types for corrupt files
-                raise PreflightError(f"{file}: unreadable safetensors file ({err})") from None
-        return {name: (t.dtype, tuple(t.shape)) for name, t in self._pickle(file).items()}
+        if file.suffix != ".safetensors":
+            return {name: (t.dtype, tuple(t.shape)) for name, t in self._pickle(file).items()}
+        dtypes = _check_safetensors_size(file)
+        unknown = next((name for name, dtype in dtypes.items() if dtype not in SAFETENSORS_DTYPES), None)
+        if unknown is not None:
+            raise PreflightError(f"{file}: tensor {unknown} has dtype {dtypes[unknown]}, which mergeflow cannot read")
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                slices = {name: handle.get_slice(name) for name in handle.keys()}
+                return {name: (SAFETENSORS_DTYPES[s.get_dtype()], tuple(s.get_shape())) for name, s in slices.items()}
+        except Exception as err:  # safetensors raises several types for corrupt files
+            raise PreflightError(f"{file}: unreadable safetensors file ({err})") from None
 
     def _pickle(self, file: Path) -> dict[str, torch.Tensor]:
-        """``.bin`` checkpoints: memory-mapped, and never unpickling code (weights_only)."""
+        """``.bin`` checkpoints: never unpickling code (weights_only); memory-mapped when saved in
+        torch's zip format, read whole for the legacy format (which cannot be mapped)."""
         if file not in self._pickles:
-            self._pickles[file] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+            except pickle.UnpicklingError as err:
+                _, _, reason = str(err).partition("WeightsUnpickler error:")
+                why = next((line.strip() for line in reason.splitlines() if line.strip()), "not a plain state dict")
+                why = why.split(". ")[0]  # the rest suggests allow-listing, which we never do
+                raise PreflightError(
+                    f"{file}: refused by weights_only loading, which never runs code from a checkpoint "
+                    f"({why[:160]}); convert it to safetensors with a tool you trust"
+                ) from None
+            except Exception as err:  # torch raises several types for corrupt or truncated files
+                detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                raise PreflightError(f"{file}: unreadable PyTorch checkpoint ({detail})") from None
+            if not isinstance(state, dict):
+                raise PreflightError(f"{file}: holds a {type(state).__name__}, not a state dict (tensor names -> tensors)")
+            self._pickles[file] = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
         return self._pickles[file]
 
     def file_of(self, name: str) -> Path:
@@ -98,15 +151,59 @@ class Checkpoint:
         return self._file_of[name]
 
     def load(self, name: str) -> torch.Tensor:
+        """One tensor; a warning names it when it holds NaN or inf (checked here, on the reader
+        thread, so the check costs no merge time)."""
         file = self._file_of[name]
-        if file.suffix == ".safetensors":
-            # A short-lived handle: the file's mapped pages are released with it, so resident
-            # memory stays at the tensors in use instead of growing with every shard read.
-            with safe_open(str(file), framework="pt") as handle:
-                return handle.get_tensor(name)
-        return self._pickle(file)[name].clone()
+        try:
+            if file.suffix == ".safetensors":
+                # A short-lived handle: the file's mapped pages are released with it, so resident
+                # memory stays at the tensors in use instead of growing with every shard read.
+                with safe_open(str(file), framework="pt") as handle:
+                    tensor = handle.get_tensor(name)
+            else:
+                tensor = self._pickle(file)[name].clone()
+        except OSError as err:
+            raise PreflightError(f"{file}: cannot read tensor {name} ({err.strerror})") from None
+        except Exception as err:  # a file changed or corrupted since the pre-flight
+            raise PreflightError(f"{file}: cannot read tensor {name} ({type(err).__name__}: {str(err)[:200]})") from None
+        if tensor.dtype in _FINITE_CHECKED and tensor.numel() and not _finite(tensor):
+            log.warning("model %s: tensor %s contains NaN or inf values", self.label, name)
+        return tensor
 
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
         return archs[0] if len(archs) == 1 else str(self.config.get("model_type", "unknown"))
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """min and max propagate NaN and show inf: one pass, no tensor-sized temporary (isfinite's)."""
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(low.item()) and math.isfinite(high.item())
+
+
+def _check_safetensors_size(file: Path) -> dict[str, str]:
+    """Read a safetensors header and check it against the file's size; returns each tensor's
+    dtype name. A truncated download or a file with trailing garbage fails here."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if 8 + length > size:
+                raise PreflightError(f"{file}: header length {length} exceeds the file size {size} (truncated or not safetensors)")
+            header = json.loads(handle.read(length))
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in entries.values()), default=0)
+        dtypes = {name: str(v["dtype"]) for name, v in entries.items()}
+    except PreflightError:
+        raise
+    except OSError as err:
+        raise PreflightError(f"{file}: cannot read ({err.strerror})") from None
+    except Exception:  # short read, bad JSON, missing fields
+        raise PreflightError(f"{file}: not a valid safetensors file (unreadable header)") from None
+    if 8 + length + end != size:
+        raise PreflightError(
+            f"{file}: the header describes {8 + length + end} bytes but the file has {size} "
+            f"(truncated or corrupted; download it again)"
+        )
+    return dtypes

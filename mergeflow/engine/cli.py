@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
-from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.errors import Interrupted, MergeflowError
 
 log = logging.getLogger("mergeflow")
 
 NO_EFFECT = {
-    "lazy_unpickle": "--lazy-unpickle has no effect: .bin checkpoints are always memory-mapped with weights_only loading",
+    "lazy_unpickle": "--lazy-unpickle has no effect: .bin checkpoints are loaded weights_only, memory-mapped unless in the legacy format",
     "low_cpu_memory": "--low-cpu-memory has no effect: each result is streamed to disk as soon as it is merged",
     "clone_tensors": "--clone-tensors has no effect: the writer never shares storage between tensors",
     "trust_remote_code": "--trust-remote-code has no effect: mergeflow never runs model code",
@@ -42,6 +45,10 @@ def register(subparsers) -> None:
 
 def add_merge_options(p: argparse.ArgumentParser) -> None:
     """mergekit's shared merge options (§13), also taken by ``mergeflow moe``."""
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace OUT even if it is a non-empty directory that is not a previous merge output",
+    )
     flag = argparse.BooleanOptionalAction
     compat = "accepted for mergekit-yaml compatibility; no effect (a warning says why)"
     p.add_argument("--allow-crimes", action=flag, default=False, help="allow merging different architectures")
@@ -79,17 +86,73 @@ def configure_logging(verbosity: int) -> None:
     log.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
 
 
-def _device(args) -> str:
-    if args.device in (None, "auto"):
-        import torch
+def device_of(args) -> str:
+    """The math device, checked before any weight is read: a device torch cannot use is one line."""
+    import torch
 
-        if args.device == "auto":
+    name = args.device
+    if name in (None, "auto"):
+        if name == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
-        return "cuda" if args.cuda or args.gpu_rich else "cpu"
-    return args.device
+        name = "cuda" if args.cuda or args.gpu_rich else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MergeflowError(f"--device {name}: not a device torch knows (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda":
+        flag = "--cuda" if args.device is None else f"--device {name}"
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise MergeflowError(f"{flag}: no usable GPU ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MergeflowError(f"{flag}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return name
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM (kill, timeout, SLURM) raise ``Interrupted`` in the main thread, so the
+    merge unwinds and removes its staging directory; a second signal during that is ignored."""
+    def interrupt(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def merge_command(args) -> int:
+    return run_guarded("merge", args, _merge)
+
+
+def run_guarded(command: str, args, body) -> int:
+    """Run ``body(args)`` as ``mergeflow COMMAND``: a signal ends it with one ``interrupted`` line
+    and 128+signum, a user error with one ``error`` line, and even a bug with one line."""
+    try:
+        with _signals_interrupt():
+            body(args)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"mergeflow {command}: interrupted by {name}; {args.out} was left as it was", file=sys.stderr)
+        return 128 + stop.signum
+    except MergeflowError as err:
+        print(f"mergeflow {command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: still one line, with the traceback at -vv
+        if args.verbose >= 2:
+            traceback.print_exc()
+        detail = str(err).splitlines()[0] if str(err) else ""
+        print(f"mergeflow {command}: error: unexpected {type(err).__name__}: {detail} (a bug; -vv shows where)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _merge(args) -> None:
     # Imported here so that the other subcommands do not pay for importing torch.
     from mergeflow.engine.run import MergeOptions, run_merge
 
@@ -101,31 +164,36 @@ def merge_command(args) -> int:
             log.warning(note)
     if args.write_threads != 1:
         log.warning("--write-threads has no effect: shards are streamed tensor by tensor")
+    if not args.safe_serialization:
+        raise MergeflowError("--no-safe-serialization: mergeflow writes safetensors only")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise MergeflowError(f"--num-threads: expected a positive count (got {args.num_threads})")
+    options = MergeOptions(
+        random_seed=args.random_seed,
+        device=device_of(args),
+        allow_crimes=args.allow_crimes,
+        unsafe_truncate_embeddings=args.unsafe_truncate_embeddings,
+        out_shard_size=shard_size_of(args.out_shard_size),
+        copy_tokenizer=args.copy_tokenizer,
+        write_model_card=args.write_model_card,
+        transformers_cache=args.transformers_cache,
+        num_threads=args.num_threads,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        lora_merge_dtype=_lora_dtype(args.lora_merge_dtype),
+    )
+    run_merge(read_config(args.config), args.out, options)
+
+
+def read_config(path: Path) -> str:
     try:
-        if not args.safe_serialization:
-            raise MergeflowError("--no-safe-serialization: mergeflow writes safetensors only")
-        try:
-            text = args.config.read_text()
-        except OSError as err:
-            raise MergeflowError(f"{args.config}: cannot read config ({err.strerror})") from None
-        options = MergeOptions(
-            random_seed=args.random_seed,
-            device=_device(args),
-            allow_crimes=args.allow_crimes,
-            unsafe_truncate_embeddings=args.unsafe_truncate_embeddings,
-            out_shard_size=_shard_size(args.out_shard_size),
-            copy_tokenizer=args.copy_tokenizer,
-            write_model_card=args.write_model_card,
-            transformers_cache=args.transformers_cache,
-            num_threads=args.num_threads,
-            progress=not args.quiet,
-            lora_merge_dtype=_lora_dtype(args.lora_merge_dtype),
-        )
-        run_merge(text, args.out, options)
-    except MergeflowError as err:
-        print(f"mergeflow merge: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MergeflowError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MergeflowError(f"{path}: the config is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start})") from None
 
 
 def _lora_dtype(name: str | None):
@@ -140,7 +208,7 @@ def _lora_dtype(name: str | None):
     return dtype
 
 
-def _shard_size(text: str) -> int:
+def shard_size_of(text: str) -> int:
     from mergeflow.engine.writer import parse_size
 
     try:

@@ -130,8 +130,17 @@ class MergeConfig:
     @property
     def canonical_sha256(self) -> str:
         """Hash of the parsed document, so formatting and comments do not change it."""
-        canonical = json.dumps(yaml.safe_load(self.text), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(_json_keys(yaml.safe_load(self.text)), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _json_keys(node: Any) -> Any:
+    """YAML allows non-string keys (``1: x``); JSON, and sorting them beside strings, does not."""
+    if isinstance(node, dict):
+        return {k if isinstance(k, str) else str(k): _json_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_json_keys(v) for v in node]
+    return node
 
 
 def parse_config(text: str) -> MergeConfig:
@@ -395,7 +404,7 @@ def _dtype(value: Any, key: str) -> torch.dtype | None:
     if value is None:
         return None
     name = value.removeprefix("torch.") if isinstance(value, str) else value
-    if name not in DTYPES:
+    if not isinstance(name, str) or name not in DTYPES:
         raise ConfigError(key, f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
@@ -405,6 +414,9 @@ def _parameters(value: Any, key: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(key, f"must be a mapping of parameter names to values (got {value!r})")
+    odd = next((name for name in value if not isinstance(name, str)), None)
+    if odd is not None:
+        raise ConfigError(f"{key}.{odd}", f"a parameter name must be a string (got {odd!r})")
     if "dare" in value:
         raise ConfigError(f"{key}.dare", _dare_message(value))
     return {name: _setting(setting, f"{key}.{name}") for name, setting in value.items()}

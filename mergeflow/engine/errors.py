@@ -15,3 +15,15 @@ class ConfigError(MergeflowError):
 
 class PreflightError(MergeflowError):
     """The inputs cannot be merged as configured (architecture, missing tensor, shape)."""
+
+
+class OutputError(MergeflowError):
+    """The output location cannot be written as asked (an input, a user's directory, no space)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

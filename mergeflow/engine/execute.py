@@ -95,6 +95,9 @@ def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec,
             result = method.merge(merge_inputs)
         except ValueError as err:
             raise MergeflowError(str(err)) from None  # methods name the tensor
+        except Exception as err:  # torch's own errors inside the math name neither
+            detail = str(err).splitlines()[0][:200] if str(err) else ""
+            raise MergeflowError(f"tensor {task.output_name}: merge method '{method.name}' failed ({type(err).__name__}: {detail})") from None
     expected = method.output_dtype(task.merge_dtype, len(inputs))
     if result.dtype != expected:
         raise RuntimeError(f"tensor {task.output_name}: '{method.name}' returned {result.dtype}, declared {expected}")

@@ -12,6 +12,7 @@ from mergeflow.engine.architecture import layer_count_key
 from mergeflow.engine.config import DTYPES, MergeConfig, ModelRef
 from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.tokenizer import load_tokenizer, save_tokenizer
+from mergeflow.engine.outdir import PROVENANCE_FILE
 from mergeflow.methods import MethodSpec
 
 # Copied from the donor when it has a tokenizer (mergekit-semantics §10.5).
@@ -20,9 +21,8 @@ TOKENIZER_FILES = (
     "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json",
     "generation_config.json", "video_preprocessor_config.json",
 )
-PROVENANCE_FILE = "provenance.json"
-_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 log = logging.getLogger("mergeflow")
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def write_model_config(
@@ -82,7 +82,19 @@ def copy_tokenizer(donor: Path, out: Path) -> None:
         return
     for name in TOKENIZER_FILES:
         if (donor / name).is_file():
+            if not inside_model(donor, donor / name):
+                log.warning("not copying %s: it is a link to %s, outside the model directory", donor / name, (donor / name).resolve())
+                continue
             shutil.copyfile(donor / name, out / name)
+
+
+def inside_model(model: Path, file: Path) -> bool:
+    """Whether ``file`` resolves inside ``model`` -- for a Hugging Face cache snapshot, inside its
+    own repo folder, whose snapshot files link into the repo's ``blobs/``."""
+    root = model.resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        root = root.parent.parent
+    return file.resolve().is_relative_to(root)
 
 
 def is_hub_reference(ref: ModelRef) -> bool:

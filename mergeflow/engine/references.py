@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 
 from mergeflow.engine.config import ModelRef
@@ -63,19 +64,24 @@ def identity(ref: ModelRef, path: Path) -> str:
     return str(path)
 
 
-def file_sha256(path: Path) -> str:
-    """A Hub LFS blob is named by its sha256, so a cached snapshot file needs no re-hashing."""
+def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """A Hub LFS blob is named by its sha256, so a cached snapshot file needs no re-hashing.
+
+    ``stop``, when set, ends the hashing early (an interrupted merge does not wait for it).
+    """
     if path.is_symlink():
         blob = path.resolve()
         if blob.parent.name == "blobs" and _SHA256_NAME.match(blob.name):
             return blob.name
-    return content_sha256(path)
+    return content_sha256(path, stop)
 
 
-def content_sha256(path: Path) -> str:
+def content_sha256(path: Path, stop: threading.Event | None = None) -> str:
     """The sha256 of the bytes themselves: what checks a download (a cache's file names prove nothing)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 24), b""):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(chunk)
     return digest.hexdigest()

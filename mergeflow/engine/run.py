@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,16 +13,18 @@ from pathlib import Path
 import torch
 
 from mergeflow.engine.checkpoint import Checkpoint
-from mergeflow.engine.config import MergeConfig, ModelRef, did_you_mean, parse_config
-from mergeflow.engine.errors import ConfigError
+from mergeflow.engine.config import MergeConfig, ModelRef, parse_config
+from mergeflow.engine.errors import OutputError, PreflightError
 from mergeflow.engine.execute import execute
+from mergeflow.engine import outdir
 from mergeflow.engine.layouts import convert_layout
 from mergeflow.engine.lora import apply_adapter
 from mergeflow.engine.outputs import write_model_card, write_model_config, write_provenance, write_tokenizer
 from mergeflow.engine.plan import build_plan, donor
+from mergeflow.engine.ranges import check_values
 from mergeflow.engine.references import file_sha256, identity, resolve_model
-from mergeflow.engine.writer import ShardWriter, atomic_directory
-from mergeflow.methods import get_method, method_names
+from mergeflow.engine.validate import method_of
+from mergeflow.engine.writer import ShardWriter
 
 log = logging.getLogger("mergeflow")
 
@@ -39,19 +42,24 @@ class MergeOptions:
     num_threads: int | None = None
     progress: bool = True
     lora_merge_dtype: torch.dtype | None = None  # dtype a model+lora reference is merged in
+    overwrite: bool = False
 
 
 def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     """Merge per ``config_text`` into ``out``; returns the provenance record that was written."""
     config = parse_config(config_text)
-    try:
-        method = get_method(config.merge_method)
-    except KeyError as err:
-        raise ConfigError("merge_method", err.args[0] + did_you_mean(config.merge_method, method_names())) from None
+    method = method_of(config)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
-    paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
+    out = Path(out).absolute()
+    refs = config.referenced_models()
+    sides = {str(side): Path(side.path).expanduser() for r in refs for side in (r.base, r.lora) if side is not None}
+    outdir.check_not_an_input(out, {name: path for name, path in sides.items() if path.exists()})
+    outdir.check_destination(out, options.overwrite)  # before any download
+    paths = {ref: resolve_model(ref, options.transformers_cache) for ref in refs}
     adapters = {ref: resolve_model(ref.lora, options.transformers_cache, "adapter") for ref in paths if ref.lora}
+    resolved = {str(ref.base): path for ref, path in paths.items()} | {str(ref.lora): path for ref, path in adapters.items()}
+    outdir.check_not_an_input(out, resolved)
     checkpoints = {ref: _open(ref, path, adapters.get(ref), options.lora_merge_dtype) for ref, path in paths.items()}
     built = _build_tokenizer(config, paths, checkpoints, options)
     template = _chat_template(config, paths)
@@ -59,26 +67,37 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings,
         built.alignment if built else None,
     )
+    check_values(config, method, plan)
     seed = options.random_seed if options.random_seed is not None else secrets.randbelow(2**31)
     if options.random_seed is None:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
 
-    with ThreadPoolExecutor(1, "mergeflow-hash") as hasher, atomic_directory(out) as staging:
-        inputs = hasher.submit(_input_records, paths, adapters, checkpoints)  # hashes while the merge runs
-        writer = ShardWriter(staging, plan.slots, options.out_shard_size)
-        execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
-        donor_checkpoint = checkpoints[plan.donor]
-        vocab_size = built.alignment.padded_size if built else None
-        write_model_config(staging, donor_checkpoint.config, config, plan.layer_sources, vocab_size)
-        write_tokenizer(
-            staging, built.tokenizer if built else None, template, config, donor_checkpoint.path, options.copy_tokenizer
-        )
-        if options.write_model_card:
-            write_model_card(staging, Path(out).name, config, method)
-            (staging / "mergekit_config.yml").write_text(config.text)
-        record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
-        write_provenance(staging, record)
-    return record
+    stop = threading.Event()
+    hasher = ThreadPoolExecutor(1, "mergeflow-hash")
+    try:
+        inputs = hasher.submit(input_records, paths, checkpoints, stop, adapters)  # hashes while the merge runs
+        with outdir.guarded_output(out, sum(slot.nbytes for slot in plan.slots)) as staging:
+            writer = ShardWriter(staging, plan.slots, options.out_shard_size)
+            execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
+            try:
+                donor_checkpoint = checkpoints[plan.donor]
+                vocab_size = built.alignment.padded_size if built else None
+                write_model_config(staging, donor_checkpoint.config, config, plan.layer_sources, vocab_size)
+                write_tokenizer(
+                    staging, built.tokenizer if built else None, template, config, donor_checkpoint.path,
+                    options.copy_tokenizer,
+                )
+                if options.write_model_card:
+                    write_model_card(staging, out.name, config, method)
+                    (staging / "mergekit_config.yml").write_text(config.text)
+                record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
+                write_provenance(staging, record)
+            except OSError as err:
+                raise OutputError(f"{out}: writing the output failed ({err.strerror}: {err.filename})") from None
+        return record
+    finally:
+        stop.set()  # an interrupted merge does not wait for the inputs' hashes
+        hasher.shutdown(wait=True, cancel_futures=True)
 
 
 def _open(ref: ModelRef, path: Path, adapter: Path | None, lora_dtype: torch.dtype | None):
@@ -112,8 +131,11 @@ def _chat_template(config: MergeConfig, paths: dict[ModelRef, Path]) -> str | No
     return resolve_chat_template(config.chat_template, lambda: chat_templates_of(models))
 
 
-def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], checkpoints: dict) -> list[dict]:
-    """Each input's identity and the sha256 of every file the merge reads from it (its adapter's too)."""
+def input_records(
+    paths: dict[ModelRef, Path], checkpoints: dict, stop: threading.Event, adapters: dict[ModelRef, Path] | None = None
+) -> list[dict]:
+    """Each input's identity and the sha256 of every file the merge reads from it (its adapter's
+    too); ``stop`` ends the hashing early when the merge is interrupted."""
     records = []
     for ref, path in paths.items():
         checkpoint = checkpoints[ref]
@@ -122,7 +144,7 @@ def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], 
         record = {
             "reference": str(ref),
             "identity": identity(ref, path),
-            "files": {f.name: file_sha256(f) for f in read},
+            "files": {f.name: _sha256(f, stop) for f in read},
         }
         if ref.lora:  # identity names both sides; the adapter's own files are listed apart
             adapter = identity(ref.lora, adapters[ref])
@@ -130,10 +152,17 @@ def _input_records(paths: dict[ModelRef, Path], adapters: dict[ModelRef, Path], 
             record["lora"] = {
                 "reference": str(ref.lora),
                 "identity": adapter,
-                "files": {f.name: file_sha256(f) for f in checkpoint.adapter.files},
+                "files": {f.name: _sha256(f, stop) for f in checkpoint.adapter.files},
             }
         records.append(record)
     return records
+
+
+def _sha256(file: Path, stop: threading.Event) -> str:
+    try:
+        return file_sha256(file, stop)
+    except OSError as err:
+        raise PreflightError(f"{file}: cannot read input file ({err.strerror})") from None
 
 
 def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: list[dict], tensor_sha256: dict[str, str]) -> dict:

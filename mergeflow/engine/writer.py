@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import torch
 
 from mergeflow import __version__
 from mergeflow.engine.checkpoint import SAFETENSORS_DTYPES
+from mergeflow.engine.errors import OutputError
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
@@ -103,10 +100,13 @@ class ShardWriter:
                 f"tensor {name}: produced {tensor.dtype} {tuple(tensor.shape)}, planned {slot.name} "
                 f"{slot.dtype} {slot.shape} (internal planning error)"
             )
-        if shard_index != self._file_index:
-            self._open(shard_index)
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))
+        try:
+            if shard_index != self._file_index:
+                self._open(shard_index)
+            self._file.write(memoryview(data))
+        except OSError as err:
+            raise OutputError(f"{self.directory / self.file_names[shard_index]}: write failed ({err.strerror})") from None
         self.tensor_sha256[name] = hashlib.sha256(memoryview(data)).hexdigest()
         self._position += 1
 
@@ -122,7 +122,10 @@ class ShardWriter:
             self._file = None
 
     def finish(self) -> None:
-        self._close()
+        try:
+            self._close()
+        except OSError as err:
+            raise OutputError(f"{self.directory}: write failed ({err.strerror})") from None
         if self._position != len(self._queue):
             raise RuntimeError(f"only {self._position} of {len(self._queue)} planned tensors were written")
         if len(self.shards) > 1:
@@ -130,26 +133,3 @@ class ShardWriter:
             total = sum(slot.nbytes for shard in self.shards for slot in shard)
             index = {"metadata": {"total_size": total, "mergeflow_version": __version__}, "weight_map": weight_map}
             (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-@contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; it replaces ``out`` only if the block succeeds.
-
-    A crash or kill leaves at most a ``.<name>.tmp-*`` sibling, never a half-written ``out``.
-    """
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)

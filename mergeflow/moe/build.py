@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +23,9 @@ from mergeflow.engine.config import DTYPES
 from mergeflow.engine.errors import PreflightError
 from mergeflow.engine.outputs import write_provenance
 from mergeflow.engine.references import resolve_model
-from mergeflow.engine.run import _input_records
-from mergeflow.engine.writer import ShardWriter, atomic_directory
+from mergeflow.engine.run import input_records
+from mergeflow.engine import outdir
+from mergeflow.engine.writer import ShardWriter
 from mergeflow.moe.architectures import choose_architecture, output_config
 from mergeflow.moe.card import write_moe_card
 from mergeflow.moe.config import MoEConfig, parse_moe_config
@@ -44,6 +46,7 @@ class MoEOptions:
     out_shard_size: int = 5 * 10**9
     copy_tokenizer: bool = True
     write_model_card: bool = True
+    overwrite: bool = False
     transformers_cache: str | None = None
     num_threads: int | None = None
     progress: bool = True
@@ -54,7 +57,12 @@ def run_moe(config_text: str, out: Path, options: MoEOptions) -> dict:
     config = parse_moe_config(config_text, options.allow_all_same)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
+    out = Path(out).absolute()
+    local = {str(r): Path(r.path).expanduser() for r in config.referenced_models()}
+    outdir.check_not_an_input(out, {name: path for name, path in local.items() if path.exists()})
+    outdir.check_destination(out, options.overwrite)  # before any download
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
+    outdir.check_not_an_input(out, {str(ref): path for ref, path in paths.items()})
     checkpoints = {ref: Checkpoint(path, str(ref)) for ref, path in paths.items()}
     model_types = [str(checkpoints[r].config.get("model_type")) for r in config.referenced_models()]
     arch = choose_architecture(config, model_types)
@@ -75,7 +83,7 @@ def run_moe(config_text: str, out: Path, options: MoEOptions) -> dict:
     routed = config.experts + (config.shared_experts if config.shared_experts_routed else [])
     gates = gate_vectors(config.gate_mode, routed, base, tokenizer, plan.num_layers, plan.hidden_size, options.device)
     _warn_degenerate(gates)
-    with atomic_directory(out) as staging:
+    with outdir.guarded_output(out, sum(slot.nbytes for slot in plan.slots)) as staging:
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
         produce = _Producer(plan, checkpoints, gates, arch.fused_order)
         for tensor in tqdm(plan.tensors, desc="building MoE", unit="tensor", disable=not options.progress):
@@ -87,7 +95,7 @@ def run_moe(config_text: str, out: Path, options: MoEOptions) -> dict:
         if options.write_model_card:
             (staging / CONFIG_FILE).write_text(config.text)
             write_moe_card(staging, Path(out).name, config, arch.name)
-        record = _provenance(config, arch.name, seed, options, _input_records(paths, {}, checkpoints), writer.tensor_sha256)
+        record = _provenance(config, arch.name, seed, options, input_records(paths, checkpoints, threading.Event()), writer.tensor_sha256)
         write_provenance(staging, record)
     return record
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from mergeflow.engine import cli as engine_cli
@@ -41,6 +40,10 @@ def register(subparsers) -> None:
 
 
 def moe_command(args) -> int:
+    return engine_cli.run_guarded("moe", args, _build)
+
+
+def _build(args) -> None:
     # Imported here so that the other subcommands do not pay for importing torch.
     from mergeflow.moe.build import MoEOptions, run_moe
 
@@ -52,29 +55,21 @@ def moe_command(args) -> int:
             log.warning(note)
     if args.write_threads != 1:
         log.warning("--write-threads has no effect: shards are streamed tensor by tensor")
-    try:
-        if args.load_in_4bit or args.load_in_8bit:
-            bits = 4 if args.load_in_4bit else 8
-            raise MergeflowError(f"--load-in-{bits}bit: quantised hidden-state models are not supported; the base model is loaded in bfloat16")
-        if not args.safe_serialization:
-            raise MergeflowError("--no-safe-serialization: mergeflow writes safetensors only")
-        try:
-            text = args.config.read_text()
-        except OSError as err:
-            raise MergeflowError(f"{args.config}: cannot read config ({err.strerror})") from None
-        options = MoEOptions(
-            random_seed=args.random_seed,
-            device=engine_cli._device(args),
-            allow_all_same=args.allow_all_same,
-            out_shard_size=engine_cli._shard_size(args.out_shard_size),
-            copy_tokenizer=args.copy_tokenizer,
-            write_model_card=args.write_model_card,
-            transformers_cache=args.transformers_cache,
-            num_threads=args.num_threads,
-            progress=not args.quiet,
-        )
-        run_moe(text, args.out, options)
-    except MergeflowError as err:
-        print(f"mergeflow moe: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    if args.load_in_4bit or args.load_in_8bit:
+        bits = 4 if args.load_in_4bit else 8
+        raise MergeflowError(f"--load-in-{bits}bit: quantised hidden-state models are not supported; the base model is loaded in bfloat16")
+    if not args.safe_serialization:
+        raise MergeflowError("--no-safe-serialization: mergeflow writes safetensors only")
+    options = MoEOptions(
+        random_seed=args.random_seed,
+        device=engine_cli.device_of(args),
+        allow_all_same=args.allow_all_same,
+        out_shard_size=engine_cli.shard_size_of(args.out_shard_size),
+        copy_tokenizer=args.copy_tokenizer,
+        write_model_card=args.write_model_card,
+        overwrite=args.overwrite,
+        transformers_cache=args.transformers_cache,
+        num_threads=args.num_threads,
+        progress=not args.quiet,
+    )
+    run_moe(engine_cli.read_config(args.config), args.out, options)

@@ -11,12 +11,12 @@ import functools
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.outdir import make_dir
 from mergeflow.pipeline.recipes import PipelineError, Plan, node_path, yaml_error
 from mergeflow.quality.files import read_json, write_atomic, write_json_atomic
 
@@ -160,7 +160,7 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(src, dst)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = make_dir(target.parent, f".{target.name}.")  # the user's umask, not mkdtemp's 0700
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True, copy_function=link_or_copy)
         os.replace(staging, target)

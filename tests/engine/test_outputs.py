@@ -87,7 +87,7 @@ def test_failed_merge_leaves_previous_output_untouched(model_dir, tmp_path, monk
             raise MergeflowError("simulated crash half way")
         return spec.merge(inputs)
 
-    monkeypatch.setattr("mergeflow.engine.run.get_method", lambda name: type(spec)(**{**_fields(spec), "merge": explode}))
+    monkeypatch.setattr("mergeflow.engine.validate.get_method", lambda name: type(spec)(**{**_fields(spec), "merge": explode}))
     with pytest.raises(MergeflowError):
         mergeflow_merge(text, out, seed=99)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

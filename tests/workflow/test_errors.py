@@ -78,9 +78,33 @@ def test_step_names_must_be_unique_across_recipe_files(fresh, offline_env):
     assert "config/recipes/more.yaml: step 'step2': the name is already used by config/recipes/gradual.yaml" in output
 
 
-def test_unknown_merge_method_fails_first_thing_in_the_run(fresh, offline_env):
+def test_unknown_merge_method_fails_when_the_workflow_is_parsed(fresh, offline_env):
     (fresh / "config" / "recipes" / "gradual.yaml").write_text(RECIPE.replace("merge_method: slerp", "merge_method: slurp"))
     run = snakemake(fresh, "results/step3/merge.yml", env=offline_env, check=False)
     assert run.returncode != 0
-    assert "config/recipes/gradual.yaml: step step3: unknown merge_method 'slurp'" in run.output
+    assert "config/recipes/gradual.yaml: step step3: config key 'merge_method': unknown merge_method 'slurp'" in run.output
     assert not (fresh / "results" / "step3" / "merge.yml").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        (RECIPE.replace("  t: 0.3", "  t: [lots]"), "step step3: config key 'parameters.t': expected a float"),
+        (RECIPE.replace("parameters: {weight: 0.5}\n---", "parameters: {weight: {value: heavy}}\n---"),
+         "step step2: config key 'models[1].parameters.weight[0].value': expected a float"),
+        (RECIPE.replace("  t: 0.3", "  t: 0.3\ndtype: [bf16]"), "step step3: config key 'dtype'"),
+    ],
+)
+def test_every_steps_engine_config_is_checked_when_the_workflow_is_parsed(fresh, offline_env, recipe, message):
+    (fresh / "config" / "recipes" / "gradual.yaml").write_text(recipe)
+    output = fails(fresh, offline_env)
+    assert message in output and "Traceback" not in output
+
+
+def test_cuda_without_a_cuda_torch_fails_when_the_workflow_starts(fresh, offline_env):
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("this torch has CUDA")
+    edit_config(fresh, lambda c: c.update(merge={"device": "cuda"}))
+    assert "merge.device: cuda, but this torch" in fails(fresh, offline_env)

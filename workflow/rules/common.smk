@@ -312,23 +312,19 @@ def write_generated(output, log, text):
 
 
 def check_engine_config(node, text):
-    """Parse with the engine's own parser and method registry, so that a typo in a late step
-    fails when the run starts, not hours later."""
-    from mergeflow.engine.config import parse_config
+    """Parse with the engine's own parser, method registry and parameter types, so that a typo
+    or a bad value in a late step fails when the workflow is parsed, not hours later."""
     from mergeflow.engine.errors import MergeflowError
-    from mergeflow.methods import get_method
+    from mergeflow.engine.validate import check_config
     from mergeflow.moe.config import parse_moe_config
 
     try:
         if PLAN.nodes[node].is_moe:
             parse_moe_config(text)
         else:
-            get_method(parse_config(text).merge_method)
-    except (MergeflowError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) else err
-        raise WorkflowError(
-            f"{PLAN.nodes[node].recipe}: step {node}: {message}"
-        ) from None
+            check_config(text)
+    except MergeflowError as err:
+        raise WorkflowError(f"{PLAN.nodes[node].recipe}: step {node}: {err}") from None
 
 
 # ---------------------------------------------------------------- where jobs run, what they ask for
@@ -409,16 +405,21 @@ def put_mergeflow_on_path():
 def remove_staging_leftovers():
     """Merges and promotions build a model in a hidden sibling (``results/NODE/.model.*``) and
     rename it into place; one killed halfway (scancel, a node failure, SIGKILL) leaves that
-    behind. No job runs yet when this is called, so every such directory is a leftover.
+    behind. The engine's own rule removes it: only with the model's output lock free, so a job
+    still running (e.g. one a killed Snakemake left on the cluster) keeps its staging directory.
     """
+    from mergeflow.engine import outdir
+    from mergeflow.engine.errors import OutputError
+
     for node in PLAN.nodes:
-        model = Path(PLAN.path(node, "model"))
-        for leftover in model.parent.glob(f".{model.name}.*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-                logger.info(
-                    f"mergeflow: removed {leftover}, left by an interrupted job"
-                )
+        model = Path(PLAN.path(node, "model")).absolute()
+        if not model.parent.is_dir():
+            continue
+        try:
+            with outdir.output_lock(model):
+                outdir.remove_leftovers(model)
+        except OutputError as err:  # held: a live job's
+            logger.info(f"mergeflow: {err}")
 
 
 def check_cluster_environment():
@@ -440,3 +441,7 @@ def check_cluster_environment():
 
 
 put_mergeflow_on_path()
+
+
+for _node in PLAN.merged:
+    check_engine_config(_node, PLAN.engine_config(_node, COMMITS))
