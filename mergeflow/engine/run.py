@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -36,6 +38,7 @@ class MergeOptions:
     transformers_cache: str | None = None
     num_threads: int | None = None
     progress: bool = True
+    fast_sparsify: bool = False
 
 
 def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
@@ -45,8 +48,6 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         method = get_method(config.merge_method)
     except KeyError as err:
         raise ConfigError("merge_method", err.args[0]) from None
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
     paths = {ref: resolve_model(ref, options.transformers_cache) for ref in config.referenced_models()}
     checkpoints = {ref: Checkpoint(path, str(ref)) for ref, path in paths.items()}
     plan = build_plan(config, method, checkpoints, options.allow_crimes, options.unsafe_truncate_embeddings)
@@ -57,7 +58,9 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     with ThreadPoolExecutor(1, "mergeflow-hash") as hasher, atomic_directory(out) as staging:
         inputs = hasher.submit(_input_records, paths, checkpoints)  # hashes while the merge runs
         writer = ShardWriter(staging, plan.slots, options.out_shard_size)
-        execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
+        with _torch_threads(options.num_threads):
+            execute(plan, method, checkpoints, writer, seed, options.device, options.progress,
+                    workers=options.num_threads, fast_sparsify=options.fast_sparsify)
         donor = checkpoints[plan.donor]
         write_model_config(staging, donor.config, config, plan.layer_sources)
         if options.copy_tokenizer:
@@ -68,6 +71,19 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
         write_provenance(staging, record)
     return record
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """-j N also gives torch N CPU threads, as in mergekit (a reduction's rounding can depend on
+    it), for this merge only."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _input_records(paths: dict[ModelRef, Path], checkpoints: dict[ModelRef, Checkpoint]) -> list[dict]:
@@ -97,6 +113,7 @@ def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: l
             "allow_crimes": options.allow_crimes,
             "unsafe_truncate_embeddings": options.unsafe_truncate_embeddings,
             "out_shard_size": options.out_shard_size,
+            "fast_sparsify": options.fast_sparsify,
         },
         "torch_version": torch.__version__,
         "inputs": inputs,
