@@ -203,7 +203,7 @@ def main() -> None:
             peak = {t: max(m for _, m in runs[t]) for t in tools}
             ratio = lambda a, b: f"{wall[a] / wall[b]:.2f}x" if a in wall and b in wall else "-"  # noqa: E731
             same = compare(root / "out-mergeflow", root / "out-mergekit")[0] if {"mergeflow", "mergekit"} <= set(tools) else None
-            masks = f"{mask_difference(method, models):.2%}" if "fast" in tools else "-"
+            masks = f"{mask_difference(method, models):.2%}" if {"fast", "mergekit"} <= set(tools) else "-"
             outputs = f"{compare(root / 'out-fast', root / 'out-mergekit')[1]:.2%}" if {"fast", "mergekit"} <= set(tools) else "-"
             cells = [f"{wall[t]:.1f} s" if t in wall else "-" for t in args.tools]
             cells += [ratio("mergeflow", "floor"), ratio("mergekit", "mergeflow"), ratio("mergekit", "fast")]

@@ -206,3 +206,19 @@ def test_rejected_up_front_as_by_mergekit(name, model_dir, tmp_path):
         mergeflow_merge(text, tmp_path / "mergeflow")
     assert message.format(**names) in str(raised.value)
     assert not (tmp_path / "mergeflow").exists()
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_thread_count_matches_mergekits_own(name, model_dir, tmp_path):
+    """``-j 3`` against mergekit with three torch threads, on a vocabulary whose embedding is
+    past torch's parallel grain (32768 elements), where a full reduction's rounding depends on
+    the thread count: each worker uses as many torch threads as mergekit does."""
+    text = render(METHOD_CONFIGS[name], model_dir, name, dtype=torch.bfloat16, vocab=1100)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        mergekit_merge(text, tmp_path / "mergekit")
+    finally:
+        torch.set_num_threads(previous)
+    mergeflow_merge(text, tmp_path / "mergeflow", num_threads=3)
+    assert_bit_identical(tmp_path / "mergeflow", tmp_path / "mergekit")
