@@ -32,6 +32,15 @@ def _sort_keys(delta: torch.Tensor) -> torch.Tensor:
     return keys.float() if keys.device.type == "cpu" else keys
 
 
+def _argsort_consuming(keys: torch.Tensor, descending: bool) -> torch.Tensor:
+    """``torch.argsort(keys)`` by the same sort kernel from the same arrangement, so the same
+    order among ties, but sorting ``keys`` in place instead of a copy of them: 4 bytes less per
+    element at the peak. ``keys`` is overwritten."""
+    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+    torch.sort(keys, descending=descending, out=(keys, order))
+    return order
+
+
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     """Random masks are drawn in float32 on CPU, except for bfloat16 (mergekit PR #69)."""
     if delta.device.type != "cpu" or delta.dtype == torch.bfloat16:
@@ -82,7 +91,7 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = F
         # A stable descending sort of the keys is a stable ascending sort of their negation.
         mask = stable_rank_window(keys.neg_(), 0, k).view(delta.shape).to(delta.dtype)
     else:
-        keep = torch.argsort(keys, descending=True)[:k]
+        keep = _argsort_consuming(keys, descending=True)[:k]
         mask = torch.zeros_like(delta)
         mask.view(-1)[keep] = 1
     return _rescaled(delta, mask, rescale)
@@ -102,7 +111,7 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescal
     if fast:
         mask = stable_rank_window(keys, bottom, bottom + keep).view(delta.shape).to(delta.dtype)
     else:
-        order = torch.argsort(keys, descending=False)
+        order = _argsort_consuming(keys, descending=False)
         mask = torch.zeros_like(delta)
         mask.view(-1)[order[bottom : bottom + keep]] = 1
     return _rescaled(delta, mask, rescale)
