@@ -5,8 +5,12 @@ I/O stays here and in ``checkpoint``/``writer``; the math is the method's pure f
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -17,8 +21,17 @@ from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
 from mergeflow.engine.views import replay_draws
 from mergeflow.engine.vocabulary import remap_vocabulary
+from mergeflow.engine.scheduling import MemoryBudget, PlanOrderTurns
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (a cgroup or taskset limit included where visible)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def execute(
@@ -29,42 +42,91 @@ def execute(
     seed: int,
     device: str = "cpu",
     progress: bool = True,
+    workers: int | None = None,
+    fast_sparsify: bool = False,
 ) -> None:
-    """Run every task in plan order; the seed is set once, as mergekit does, before the first draw.
+    """Merge every task of the plan on ``workers`` threads (default: the available cores) and
+    write the results in plan order.
 
-    Reading the next task's inputs and writing the previous result run on two helper threads, so
-    I/O and hashing overlap the math; at most one task is read ahead and one write is in flight,
-    which keeps memory bounded. Only the math thread draws random numbers, in plan order.
+    One helper thread reads inputs in plan order and one writes results behind the math; at most
+    ``workers + 1`` tasks are in flight (read or being merged) plus one being written. Tasks start
+    in plan order, and only while the tasks running fit in the working set of the plan's largest
+    task, so the largest tensor is merged alone and peak memory does not grow with ``workers``.
+    The seed is set once, as mergekit does; each merge draws its random numbers in one block that
+    waits for every earlier task's draws, so the random stream is consumed in plan order and the
+    masks are mergekit's whatever the number of workers. On an accelerator the math runs on one
+    worker: its kernels are parallel already, and its memory holds one task.
     """
     torch.manual_seed(seed)
     for checkpoint in checkpoints.values():
         replay_draws(checkpoint)  # mergekit prepares model+lora inputs after seeding
     math_device = torch.device(device if method.uses_accelerator else "cpu")
+    workers = 1 if math_device.type != "cpu" else max(1, workers or available_cores())
     tasks = plan.tasks
+    costs = [_cost(task) for task in tasks]
+    budget = MemoryBudget(max(costs, default=0))
+    draws = PlanOrderTurns()
 
     def read(task: TensorTask) -> list[torch.Tensor]:
         tensors = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
         return tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
 
-    with ThreadPoolExecutor(1, "mergeflow-read") as reader, ThreadPoolExecutor(1, "mergeflow-write") as saver:
-        upcoming = reader.submit(read, tasks[0]) if tasks else None
-        in_flight: Future | None = None
+    def merge(index: int, task: TensorTask, inputs: Future) -> torch.Tensor:
+        try:
+            loaded = inputs.result()
+        except BaseException:
+            budget.skip(index)
+            draws.end(index)
+            raise
+        try:
+            with budget.running(index, costs[index]):
+                result = _merge_one(task, loaded, method, math_device, partial(draws.turn, index), fast_sparsify)
+                del loaded
+                return result.to("cpu").to(task.out_dtype).contiguous()
+        finally:
+            draws.end(index)
+
+    reader = ThreadPoolExecutor(1, "mergeflow-read")
+    pool = ThreadPoolExecutor(workers, "mergeflow-merge")
+    saver = ThreadPoolExecutor(1, "mergeflow-write")
+    try:
+        in_flight: deque[tuple[TensorTask, Future]] = deque()
+        written: Future | None = None
         # A bar on a terminal; in a log file (a workflow job) a line at each quarter instead.
-        bar = tqdm(tasks, desc="merging", unit="tensor", disable=not progress or not sys.stderr.isatty())
+        bar = tqdm(total=len(tasks), desc="merging", unit="tensor", disable=not progress or not sys.stderr.isatty())
         quarters = {len(tasks) * k // 4 for k in range(1, 5)} if progress and bar.disable else set()
-        for index, task in enumerate(bar):
-            inputs = upcoming.result()
-            if index + 1 < len(tasks):
-                upcoming = reader.submit(read, tasks[index + 1])
-            result = _merge_one(task, inputs, method, math_device).to("cpu").to(task.out_dtype).contiguous()
-            if in_flight is not None:
-                in_flight.result()
-            in_flight = saver.submit(writer.write, task.output_name, result)
-            if index + 1 in quarters:
-                print(f"mergeflow merge: merged {index + 1} of {len(tasks)} tensors", file=sys.stderr, flush=True)
-        if in_flight is not None:
-            in_flight.result()
+        started = 0
+
+        def write_oldest() -> None:
+            nonlocal written, started
+            task, merged = in_flight.popleft()
+            result = merged.result()
+            if written is not None:
+                written.result()
+            written = saver.submit(writer.write, task.output_name, result)
+            written.add_done_callback(lambda _: bar.update())
+            started += 1
+            if started in quarters:
+                print(f"mergeflow merge: merged {started} of {len(tasks)} tensors", file=sys.stderr, flush=True)
+
+        for index, task in enumerate(tasks):
+            if len(in_flight) > workers:
+                write_oldest()
+            in_flight.append((task, pool.submit(merge, index, task, reader.submit(read, task))))
+        while in_flight:
+            write_oldest()
+        if written is not None:
+            written.result()
+        bar.close()
+    finally:
+        for executor in (reader, pool, saver):
+            executor.shutdown(wait=True, cancel_futures=True)
     writer.finish()
+
+
+def _cost(task: TensorTask) -> int:
+    """A task's working set in elements, up to a factor that is the same for every task of a plan."""
+    return math.prod(task.shape) * len(task.inputs)
 
 
 def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
@@ -76,7 +138,14 @@ def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
     return tensor.to(task.merge_dtype)
 
 
-def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec, device: torch.device) -> torch.Tensor:
+def _merge_one(
+    task: TensorTask,
+    inputs: list[torch.Tensor],
+    method: MethodSpec,
+    device: torch.device,
+    random_draws,
+    fast_sparsify: bool,
+) -> torch.Tensor:
     if not task.merge_dtype.is_floating_point:
         # Integer buffers are not merged: they pass through when every input agrees.
         if any(not torch.equal(inputs[0], other) for other in inputs[1:]):
@@ -89,6 +158,8 @@ def _merge_one(task: TensorTask, inputs: list[torch.Tensor], method: MethodSpec,
         model_params=task.model_params,
         tensor_name=task.output_name,
         vocabulary_axis=task.vocabulary_axis,
+        random_draws=random_draws,
+        fast_sparsify=fast_sparsify,
     )
     with torch.autocast(device_type=device.type, enabled=False):
         try:

@@ -6,9 +6,11 @@ import logging
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -43,14 +45,13 @@ class MergeOptions:
     progress: bool = True
     lora_merge_dtype: torch.dtype | None = None  # dtype a model+lora reference is merged in
     overwrite: bool = False
+    fast_sparsify: bool = False
 
 
 def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     """Merge per ``config_text`` into ``out``; returns the provenance record that was written."""
     config = parse_config(config_text)
     method = method_of(config)
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
     out = Path(out).absolute()
     refs = config.referenced_models()
     sides = {str(side): Path(side.path).expanduser() for r in refs for side in (r.base, r.lora) if side is not None}
@@ -78,7 +79,9 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         inputs = hasher.submit(input_records, paths, checkpoints, stop, adapters)  # hashes while the merge runs
         with outdir.guarded_output(out, sum(slot.nbytes for slot in plan.slots)) as staging:
             writer = ShardWriter(staging, plan.slots, options.out_shard_size)
-            execute(plan, method, checkpoints, writer, seed, options.device, options.progress)
+            with _torch_threads(options.num_threads):
+                execute(plan, method, checkpoints, writer, seed, options.device, options.progress,
+                        workers=options.num_threads, fast_sparsify=options.fast_sparsify)
             try:
                 donor_checkpoint = checkpoints[plan.donor]
                 vocab_size = built.alignment.padded_size if built else None
@@ -98,6 +101,19 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     finally:
         stop.set()  # an interrupted merge does not wait for the inputs' hashes
         hasher.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """-j N also gives torch N CPU threads, as in mergekit (a reduction's rounding can depend on
+    it), for this merge only."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _open(ref: ModelRef, path: Path, adapter: Path | None, lora_dtype: torch.dtype | None):
@@ -179,6 +195,7 @@ def _provenance(config: MergeConfig, seed: int, options: MergeOptions, inputs: l
             "unsafe_truncate_embeddings": options.unsafe_truncate_embeddings,
             "out_shard_size": options.out_shard_size,
             "lora_merge_dtype": str(options.lora_merge_dtype).removeprefix("torch.") if options.lora_merge_dtype else None,
+            "fast_sparsify": options.fast_sparsify,
         },
         "torch_version": torch.__version__,
         "inputs": inputs,

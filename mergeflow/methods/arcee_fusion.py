@@ -12,10 +12,12 @@ from .registry import MergeInputs, MethodSpec, promoted_with_float32, register
 MAX_QUANTILE_SAMPLES = 1_000_000
 
 
-def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+def _quantiles(inputs: MergeInputs, values: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
     flat = values.flatten()
     if flat.numel() > MAX_QUANTILE_SAMPLES:
-        flat = flat[torch.randint(flat.numel(), (MAX_QUANTILE_SAMPLES,), device=flat.device)]
+        with inputs.random_draws():
+            sample = torch.randint(flat.numel(), (MAX_QUANTILE_SAMPLES,), device=flat.device)
+        flat = flat[sample]
     ordered = torch.sort(flat).values
     last = torch.tensor(ordered.numel() - 1, dtype=torch.float32)
     return [ordered[int(last * q)] for q in qs]
@@ -32,7 +34,7 @@ def merge(inputs: MergeInputs) -> torch.Tensor:
     q = torch.softmax(base, dim=-1) + 1e-8
     kl = torch.sum(p * torch.log(p / q), dim=-1, keepdim=True)
     importance = (other - base).abs() * kl
-    median, q1, q3 = _quantiles(importance, (0.5, 0.25, 0.75))
+    median, q1, q3 = _quantiles(inputs, importance, (0.5, 0.25, 0.75))
     threshold = median + 1.5 * (q3 - q1)
     mask = (importance >= threshold).float()
     return base + (other - base) * mask

@@ -7,6 +7,7 @@ tensor with a :class:`MergeInputs`. Adding a method means one module that calls 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
@@ -40,6 +41,11 @@ class MergeInputs:
     ``tensors`` are in slice-source (config) order, an auto-appended base last; inputs that lack an
     optional weight are absent. ``model_params[i]`` belongs to ``tensors[i]``; the base's entry
     holds only INPUT-scope parameters.
+
+    A merge that draws random numbers does all its draws inside one ``with
+    inputs.random_draws():`` block, and nothing expensive that needs no draw: the executor merges
+    several tensors at once and uses the block to keep the draws in plan order. ``fast_sparsify``
+    asks magnitude sparsifiers for a selection instead of a full sort (not bit-identical).
     """
 
     tensors: tuple[torch.Tensor, ...]
@@ -48,6 +54,8 @@ class MergeInputs:
     model_params: tuple[Mapping[str, Any], ...]
     tensor_name: str
     vocabulary_axis: int | None = None
+    random_draws: Callable[[], AbstractContextManager] = nullcontext
+    fast_sparsify: bool = False
 
     @property
     def base(self) -> torch.Tensor | None:

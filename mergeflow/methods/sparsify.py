@@ -3,6 +3,10 @@
 Each one keeps a ``density`` fraction of a delta and, when asked, rescales what is left so that
 its L1 norm matches the original: mergekit preserves the L1 norm rather than dividing by the
 keep probability.
+
+The random ones (DARE, DELLA) come in two parts, the keep probabilities and the masked delta
+drawn from them (:func:`masked_draw`), so that a caller can compute the expensive, deterministic
+part of several tensors at once and still draw their masks in order.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ def _sort_keys(delta: torch.Tensor) -> torch.Tensor:
     return keys.float() if keys.device.type == "cpu" else keys
 
 
+def _argsort_consuming(keys: torch.Tensor, descending: bool) -> torch.Tensor:
+    """``torch.argsort(keys)`` by the same sort kernel from the same arrangement, so the same
+    order among ties, but sorting ``keys`` in place instead of a copy of them: 4 bytes less per
+    element at the peak. ``keys`` is overwritten."""
+    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+    torch.sort(keys, descending=descending, out=(keys, order))
+    return order
+
+
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     """Random masks are drawn in float32 on CPU, except for bfloat16 (mergekit PR #69)."""
     if delta.device.type != "cpu" or delta.dtype == torch.bfloat16:
@@ -35,54 +48,85 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude."""
+def stable_rank_window(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Which entries of the 1-D ``keys`` a stable ascending sort would put at positions
+    ``start..stop-1``, found by selection (``kthvalue``) in linear time instead of a sort.
+
+    Entries strictly between the two boundary values are in; entries equal to a boundary value
+    hold consecutive positions in index order (that is what makes the sort stable), so the
+    window takes a run of them.
+    """
+    inside = torch.zeros_like(keys, dtype=torch.bool)
+    if start >= stop:
+        return inside
+    high = torch.kthvalue(keys, stop).values
+    inside = keys < high
+    boundaries = [high]
+    if start > 0:
+        low = torch.kthvalue(keys, start + 1).values
+        inside &= keys > low
+        if low != high:
+            boundaries.append(low)
+    for value in boundaries:
+        tied = (keys == value).nonzero().squeeze(1)
+        first = int((keys < value).sum())
+        inside[tied[max(start - first, 0) : max(stop - first, 0)]] = True
+    return inside
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = False) -> torch.Tensor:
+    """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude.
+
+    Exact mode takes mergekit's unstable argsort, whose choice among equal magnitudes decides the
+    mask. ``fast`` selects the same count by threshold and, among entries equal to the threshold,
+    keeps the lowest flat indices (a stable sort's choice): same magnitudes kept, ties may differ.
+    """
     if density >= 1:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    keep = torch.argsort(_sort_keys(delta), descending=True)[:k]
-    mask = torch.zeros_like(delta)
-    mask.view(-1)[keep] = 1
+    keys = _sort_keys(delta)
+    if fast:
+        # A stable descending sort of the keys is a stable ascending sort of their negation.
+        mask = stable_rank_window(keys.neg_(), 0, k).view(delta.shape).to(delta.dtype)
+    else:
+        keep = _argsort_consuming(keys, descending=True)[:k]
+        mask = torch.zeros_like(delta)
+        mask.view(-1)[keep] = 1
     return _rescaled(delta, mask, rescale)
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool):
+def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool, fast: bool = False):
     """Model Breadcrumbs: drop the ``gamma`` fraction of largest entries and as many of the
-    smallest as needed to keep ``density`` of the tensor (globally, not per row)."""
+    smallest as needed to keep ``density`` of the tensor (globally, not per row). ``fast`` as in
+    :func:`magnitude`."""
     if density >= 1:
         return delta
     count = delta.numel()
     keep = int(density * count)
     top = int(gamma * count)
     bottom = max(0, count - keep - top)
-    order = torch.argsort(_sort_keys(delta), descending=False)
-    mask = torch.zeros_like(delta)
-    mask.view(-1)[order[bottom : bottom + keep]] = 1
+    keys = _sort_keys(delta)
+    if fast:
+        mask = stable_rank_window(keys, bottom, bottom + keep).view(delta.shape).to(delta.dtype)
+    else:
+        order = _argsort_consuming(keys, descending=False)
+        mask = torch.zeros_like(delta)
+        mask.view(-1)[order[bottom : bottom + keep]] = 1
     return _rescaled(delta, mask, rescale)
 
 
-def bernoulli(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """DARE: drop each entry independently with probability ``1 - density``.
-
-    One draw from torch's global generator per call, so the caller's order fixes the stream.
-    """
-    if density >= 1:
-        return delta
-    work = _work_dtype(delta)
-    mask = torch.bernoulli(torch.full_like(delta, density, dtype=work))
-    return _rescaled(delta.to(work), mask, rescale).to(delta.dtype)
+def bernoulli_probabilities(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """DARE's keep probabilities: ``density`` everywhere, in the working dtype (so a bfloat16
+    density is rounded first, as in mergekit)."""
+    return torch.full_like(delta, density, dtype=_work_dtype(delta))
 
 
-def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale: bool):
-    """DELLA: drop entries with a probability that falls with their magnitude rank in the row,
-    from ``1 - (density - epsilon)`` for the smallest to ``1 - (density + epsilon)`` for the
-    largest."""
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return torch.zeros_like(delta)
+def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's keep probabilities, rising with each entry's magnitude rank in its row from
+    ``density - epsilon`` for the smallest to ``density + epsilon`` for the largest; a vector
+    is one row."""
     if not (0 < density - epsilon and density + epsilon < 1):
         raise ValueError(
             f"della needs 0 < density - epsilon and density + epsilon < 1 "
@@ -92,10 +136,36 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale:
     x = delta.to(work)
     if x.dim() == 1:
         x = x.unsqueeze(0)
-    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).to(work) + 1
+    order = torch.argsort(x.abs(), dim=1)
+    # mergekit ranks with a second argsort; the ranks are the inverse permutation of ``order``,
+    # which a scatter gives exactly, without sorting again.
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(1, order, positions).to(work) + 1
     low = ranks.min(dim=1, keepdim=True).values
     high = ranks.max(dim=1, keepdim=True).values
     ranks = ((ranks - low) / (high - low)).clamp(0, 1)
-    probs = (density - epsilon) + ranks * 2 * epsilon
-    mask = torch.bernoulli(probs)
+    return (density - epsilon) + ranks * 2 * epsilon
+
+
+def masked_draw(delta: torch.Tensor, probabilities: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """Draw a keep mask from ``probabilities`` with torch's global generator (one call, so the
+    caller's order fixes the stream), apply it to ``delta`` and L1-rescale."""
+    mask = torch.bernoulli(probabilities)
+    x = delta.to(probabilities.dtype).reshape(probabilities.shape)
     return _rescaled(x, mask, rescale).to(delta.dtype).reshape(delta.shape)
+
+
+def bernoulli(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """DARE: drop each entry independently with probability ``1 - density``."""
+    if density >= 1:
+        return delta
+    return masked_draw(delta, bernoulli_probabilities(delta, density), rescale)
+
+
+def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale: bool):
+    """DELLA: drop entries with a probability that falls with their magnitude rank in the row."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    return masked_draw(delta, della_probabilities(delta, density, epsilon), rescale)

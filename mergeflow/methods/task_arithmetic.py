@@ -8,6 +8,7 @@ entries may add up, so they share one implementation and differ by two knobs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -17,39 +18,71 @@ from . import sparsify
 from .common import fail, majority_sign_mask, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
-Sparsifier = Callable[[torch.Tensor, Mapping[str, Any], bool], torch.Tensor]
+
+Drawn = Callable[[], torch.Tensor]
 
 
-def _magnitude(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> torch.Tensor:
-    return sparsify.magnitude(delta, params["density"], rescale)
+@dataclass(frozen=True)
+class Sparsifier:
+    """Either ``prune`` (deterministic: delta, params, rescale, fast -> sparse delta) or, for the
+    random ones, ``prepare`` (delta, params, rescale -> the step that draws the mask and returns
+    the sparse delta); ``prepare`` does the expensive deterministic part and draws nothing."""
+
+    prune: Callable[[torch.Tensor, Mapping[str, Any], bool, bool], torch.Tensor] | None = None
+    prepare: Callable[[torch.Tensor, Mapping[str, Any], bool], Drawn] | None = None
 
 
-def _outliers(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> torch.Tensor:
-    return sparsify.magnitude_outliers(delta, params["density"], params["gamma"], rescale)
+def _prepare_dare(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> Drawn:
+    density = params["density"]
+    if density >= 1:
+        return lambda: delta
+    return lambda: sparsify.masked_draw(delta, sparsify.bernoulli_probabilities(delta, density), rescale)
 
 
-def _bernoulli(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> torch.Tensor:
-    return sparsify.bernoulli(delta, params["density"], rescale)
+def _prepare_della(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> Drawn:
+    density = params["density"]
+    if density >= 1:
+        return lambda: delta
+    if density <= 0:
+        return lambda: torch.zeros_like(delta)
+    probabilities = sparsify.della_probabilities(delta, density, params["epsilon"])
+    return lambda: sparsify.masked_draw(delta, probabilities, rescale)
 
 
-def _della(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> torch.Tensor:
-    return sparsify.della_magprune(delta, params["density"], params["epsilon"], rescale)
+MAGNITUDE = Sparsifier(prune=lambda d, p, rescale, fast: sparsify.magnitude(d, p["density"], rescale, fast))
+OUTLIERS = Sparsifier(
+    prune=lambda d, p, rescale, fast: sparsify.magnitude_outliers(d, p["density"], p["gamma"], rescale, fast)
+)
+DARE = Sparsifier(prepare=_prepare_dare)
+DELLA = Sparsifier(prepare=_prepare_della)
+
+
+def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier | None, rescale: bool) -> list[torch.Tensor]:
+    """Each model's delta, sparsified. mergekit sparsifies each delta right after computing it, in
+    config order; only the order of the random draws matters, so the deterministic part (DELLA's
+    rank sorts) is done for every model first and the masks are drawn after, in one ordered block."""
+    deltas = [tensor - base for tensor in inputs.others]
+    if sparsifier is None:
+        return deltas
+    try:
+        if sparsifier.prune is not None:
+            return [sparsifier.prune(d, p, rescale, inputs.fast_sparsify) for d, p in zip(deltas, inputs.other_params)]
+        steps = [sparsifier.prepare(d, p, rescale) for d, p in zip(deltas, inputs.other_params)]
+    except ValueError as exc:
+        raise fail(inputs, str(exc)) from exc
+    del deltas
+    sparse = []
+    with inputs.random_draws():
+        while steps:
+            sparse.append(steps.pop(0)())  # each original delta is freed once it is drawn
+    return sparse
 
 
 def merge(inputs: MergeInputs, sparsifier: Sparsifier | None, sign_consensus: bool) -> torch.Tensor:
-    """Each delta is sparsified as soon as it is computed, in config order, which fixes the
-    order of the random draws; the weights are rounded to the merge dtype, as in mergekit."""
+    """Add the weighted (optionally sign-elected) sum of the sparsified task vectors to the base;
+    the weights are rounded to the merge dtype, as in mergekit."""
     base = require_base(inputs)
-    rescale = inputs.params["rescale"]
-    deltas = []
-    for tensor, params in zip(inputs.others, inputs.other_params):
-        delta = tensor - base
-        if sparsifier is not None:
-            try:
-                delta = sparsifier(delta, params, rescale)
-            except ValueError as exc:
-                raise fail(inputs, str(exc)) from exc
-        deltas.append(delta)
+    deltas = _sparsified(inputs, base, sparsifier, inputs.params["rescale"])
     if not deltas:
         return base
 
@@ -119,17 +152,17 @@ GAMMA = (Param("gamma", float, Scope.MODEL, default=0.01),)
 EPSILON = (Param("epsilon", float, Scope.MODEL, default=0.15),)
 
 _register("task_arithmetic", "Task Arithmetic", TASK_ARITHMETIC_URL)
-_register("ties", "TIES", TIES_URL, sparsifier=_magnitude, sign_consensus=True, normalize=True)
+_register("ties", "TIES", TIES_URL, sparsifier=MAGNITUDE, sign_consensus=True, normalize=True)
 _register(
-    "dare_ties", "DARE TIES", DARE_URL, sparsifier=_bernoulli, sign_consensus=True, rescale=True
+    "dare_ties", "DARE TIES", DARE_URL, sparsifier=DARE, sign_consensus=True, rescale=True
 )
-_register("dare_linear", "Linear DARE", DARE_URL, sparsifier=_bernoulli, rescale=True)
-_register("breadcrumbs", "Model Breadcrumbs", BREADCRUMBS_URL, sparsifier=_outliers, extra=GAMMA)
+_register("dare_linear", "Linear DARE", DARE_URL, sparsifier=DARE, rescale=True)
+_register("breadcrumbs", "Model Breadcrumbs", BREADCRUMBS_URL, sparsifier=OUTLIERS, extra=GAMMA)
 _register(
     "breadcrumbs_ties",
     "Model Breadcrumbs with TIES",
     BREADCRUMBS_URL,
-    sparsifier=_outliers,
+    sparsifier=OUTLIERS,
     sign_consensus=True,
     extra=GAMMA,
 )
@@ -137,10 +170,10 @@ _register(
     "della",
     "DELLA",
     DELLA_URL,
-    sparsifier=_della,
+    sparsifier=DELLA,
     sign_consensus=True,
     normalize=True,
     rescale=True,
     extra=EPSILON,
 )
-_register("della_linear", "Linear DELLA", DELLA_URL, sparsifier=_della, rescale=True, extra=EPSILON)
+_register("della_linear", "Linear DELLA", DELLA_URL, sparsifier=DELLA, rescale=True, extra=EPSILON)

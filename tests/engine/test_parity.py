@@ -49,15 +49,21 @@ def render(template: str, model_dir, name: str, **variant) -> str:
     return text if text.startswith("merge_method") else f"merge_method: {method}\n{text}"
 
 
-def check(text: str, tmp_path, **options) -> None:
+def check(text: str, tmp_path, threads: tuple[int | None, ...] = (None,), **options) -> None:
+    """mergekit's output against mergeflow's with each ``-j`` in ``threads`` (None: the default,
+    one worker per available core)."""
     mergekit_merge(text, tmp_path / "mergekit", **options)
-    mergeflow_merge(text, tmp_path / "mergeflow", **options)
-    assert_bit_identical(tmp_path / "mergeflow", tmp_path / "mergekit")
+    for count in threads:
+        out = tmp_path / f"mergeflow-j{count}"
+        mergeflow_merge(text, out, num_threads=count, **options)
+        assert_bit_identical(out, tmp_path / "mergekit")
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
 def test_method_bf16(name, model_dir, tmp_path):
-    check(render(METHOD_CONFIGS[name], model_dir, name, dtype=torch.bfloat16), tmp_path)
+    """Also with one worker and with three: merging tensors concurrently changes no bit, and the
+    random methods still draw their masks in mergekit's order."""
+    check(render(METHOD_CONFIGS[name], model_dir, name, dtype=torch.bfloat16), tmp_path, threads=(1, 3))
 
 
 @pytest.mark.parametrize("name", ["linear", "slerp", "ties", "dare_ties", "della", "karcher", "multislerp", "sce", "ram", "model_stock", "breadcrumbs"])
@@ -68,7 +74,7 @@ def test_method_other_dtypes(name, dtype, model_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["dare_ties", "della_linear", "linear"])
 def test_more_than_ten_layers_visits_tensors_in_lexicographic_order(name, model_dir, tmp_path):
-    check(render(METHOD_CONFIGS[name], model_dir, name, layers=12), tmp_path)
+    check(render(METHOD_CONFIGS[name], model_dir, name, layers=12), tmp_path, threads=(None, 4))
 
 
 def test_dtype_upcast_and_out_dtype(model_dir, tmp_path):
@@ -92,7 +98,7 @@ def test_tied_and_untied_models_mix(model_dir, tmp_path):
 def test_sharded_inputs_and_outputs(model_dir, tmp_path):
     text = render(METHOD_CONFIGS["dare_linear"], model_dir, "dare_linear", shard_size="40KB")
     check(text, tmp_path, out_shard_size=30_000)
-    assert len(list((tmp_path / "mergeflow").glob("model-*-of-*.safetensors"))) > 1
+    assert len(list((tmp_path / "mergeflow-jNone").glob("model-*-of-*.safetensors"))) > 1
 
 
 def test_frankenmerge_overlapping_slices_and_gradients(model_dir, tmp_path):
@@ -200,3 +206,19 @@ def test_rejected_up_front_as_by_mergekit(name, model_dir, tmp_path):
         mergeflow_merge(text, tmp_path / "mergeflow")
     assert message.format(**names) in str(raised.value)
     assert not (tmp_path / "mergeflow").exists()
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_thread_count_matches_mergekits_own(name, model_dir, tmp_path):
+    """``-j 3`` against mergekit with three torch threads, on a vocabulary whose embedding is
+    past torch's parallel grain (32768 elements), where a full reduction's rounding depends on
+    the thread count: each worker uses as many torch threads as mergekit does."""
+    text = render(METHOD_CONFIGS[name], model_dir, name, dtype=torch.bfloat16, vocab=1100)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        mergekit_merge(text, tmp_path / "mergekit")
+    finally:
+        torch.set_num_threads(previous)
+    mergeflow_merge(text, tmp_path / "mergeflow", num_threads=3)
+    assert_bit_identical(tmp_path / "mergeflow", tmp_path / "mergekit")

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mergeflow.methods import sparsify
 
@@ -103,3 +105,31 @@ def test_della_edges():
     for density in (0.85, 0.15):  # density +/- epsilon touches 1 or 0
         with pytest.raises(ValueError, match="epsilon"):
             sparsify.della_magprune(delta, density, 0.15, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 6), min_size=1, max_size=80),
+    window=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+)
+def test_stable_rank_window_is_what_a_stable_sort_puts_there(values, window):
+    keys = torch.tensor(values, dtype=torch.float32)  # few distinct values: ties everywhere
+    start, stop = sorted(int(f * len(values)) for f in window)
+    expected = torch.zeros(len(values), dtype=torch.bool)
+    expected[torch.argsort(keys, stable=True)[start:stop]] = True
+    assert torch.equal(sparsify.stable_rank_window(keys, start, stop), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fast_selection_keeps_the_same_magnitudes_and_breaks_ties_by_index(dtype):
+    delta = (torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
+    for exact, fast in [
+        (sparsify.magnitude(delta, 0.3, False), sparsify.magnitude(delta, 0.3, False, fast=True)),
+        (sparsify.magnitude_outliers(delta, 0.6, 0.05, False), sparsify.magnitude_outliers(delta, 0.6, 0.05, False, fast=True)),
+    ]:
+        assert (fast != 0).sum() == (exact != 0).sum()
+        assert torch.equal(fast.abs().float().sort().values, exact.abs().float().sort().values)
+    keys = delta.abs().float()
+    stable_top = torch.zeros(5000, dtype=torch.bool)
+    stable_top[torch.argsort(keys, descending=True, stable=True)[:1500]] = True
+    assert torch.equal(sparsify.magnitude(delta, 0.3, False, fast=True) != 0, stable_top & (delta != 0))
