@@ -144,13 +144,18 @@ def _json_keys(node: Any) -> Any:
 
 
 def parse_config(text: str) -> MergeConfig:
+    return _parse_document(load_yaml_mapping(text, "merge config"), text)
+
+
+def load_yaml_mapping(text: str, what: str) -> dict:
+    """The YAML document of a config (``what`` names it in errors), which must be a mapping."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError("", f"merge config is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError("", f"{what} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(doc, dict):
-        raise ConfigError("", "merge config must be a YAML mapping")
-    return _parse_document(doc, text)
+        raise ConfigError("", f"{what} must be a YAML mapping")
+    return doc
 
 
 def _parse_document(doc: dict, text: str) -> MergeConfig:
@@ -160,7 +165,7 @@ def _parse_document(doc: dict, text: str) -> MergeConfig:
         found = ", ".join(f"'{k}'" for k in moe_keys) or "'merge_method: moe'"
         raise ConfigError("", f"this is a mergekit-moe config (it has {found}); build it with 'mergeflow moe CONFIG OUT', not 'mergeflow merge'")
     _refuse_unsupported(doc)
-    _warn_unknown(doc, TOP_LEVEL_KEYS, "")
+    warn_unknown(doc, TOP_LEVEL_KEYS, "")
     method = doc.get("merge_method")
     if not isinstance(method, str) or not method:
         raise ConfigError("merge_method", f"required, a method name (got {method!r})")
@@ -172,10 +177,10 @@ def _parse_document(doc: dict, text: str) -> MergeConfig:
     config = MergeConfig(
         merge_method=method,
         text=text,
-        base_model=_model_ref(doc["base_model"], "base_model") if doc.get("base_model") is not None else None,
+        base_model=model_ref(doc["base_model"], "base_model") if doc.get("base_model") is not None else None,
         parameters=_parameters(doc.get("parameters"), "parameters"),
-        dtype=_dtype(doc.get("dtype"), "dtype"),
-        out_dtype=_dtype(doc.get("out_dtype"), "out_dtype"),
+        dtype=parse_dtype(doc.get("dtype"), "dtype"),
+        out_dtype=parse_dtype(doc.get("out_dtype"), "out_dtype"),
         tokenizer=_tokenizer(doc),
         chat_template=_chat_template(doc.get("chat_template")),
     )
@@ -234,7 +239,7 @@ def _tokenizer(doc: dict) -> TokenizerSettings | None:
         return None
     if not isinstance(block, dict):
         raise ConfigError("tokenizer", f"must be a mapping with 'source', 'tokens' and/or 'pad_to_multiple_of' (got {block!r})")
-    _warn_unknown(block, {"source", "tokens", "pad_to_multiple_of"}, "tokenizer.")
+    warn_unknown(block, {"source", "tokens", "pad_to_multiple_of"}, "tokenizer.")
     tokens = block.get("tokens") or {}
     if not isinstance(tokens, dict):
         raise ConfigError("tokenizer.tokens", f"must map token strings to {{source, force}} (got {tokens!r})")
@@ -253,7 +258,7 @@ def _tokenizer_source(value: Any, key: str) -> str | ModelRef:
         return value
     if value is None:
         raise ConfigError(key, "expected 'union', 'base' or a model reference (got null)")
-    return _model_ref(value, key)
+    return model_ref(value, key)
 
 
 def _token_settings(spec: Any, key: str) -> TokenSettings:
@@ -261,7 +266,7 @@ def _token_settings(spec: Any, key: str) -> TokenSettings:
         spec = {}
     if not isinstance(spec, dict):
         raise ConfigError(key, f"expected a mapping with 'source' and/or 'force' (got {spec!r})")
-    _warn_unknown(spec, {"source", "force"}, f"{key}.")
+    warn_unknown(spec, {"source", "force"}, f"{key}.")
     force = spec.get("force", False)
     if not isinstance(force, bool):
         raise ConfigError(f"{key}.force", f"expected true or false (got {force!r})")
@@ -274,11 +279,11 @@ def _token_source(value: Any, key: str) -> TokenSource | None:
     if isinstance(value, dict) and "kind" in value:
         kind = value["kind"]
         if kind == "zero":
-            _warn_unknown(value, {"kind"}, f"{key}.")
+            warn_unknown(value, {"kind"}, f"{key}.")
             return TokenSource("zero")
         if kind != "model_token":
             raise ConfigError(f"{key}.kind", f"expected 'model_token' or 'zero' (got {kind!r})")
-        _warn_unknown(value, {"kind", "model", "token", "token_id"}, f"{key}.")
+        warn_unknown(value, {"kind", "model", "token", "token_id"}, f"{key}.")
         if "model" not in value:
             raise ConfigError(key, "a model_token source needs 'model'")
         token, token_id = value.get("token"), value.get("token_id")
@@ -288,8 +293,8 @@ def _token_source(value: Any, key: str) -> TokenSource | None:
             raise ConfigError(f"{key}.token_id", f"expected a non-negative integer (got {token_id!r})")
         if token is not None and not isinstance(token, str):
             raise ConfigError(f"{key}.token", f"expected a token string (got {token!r})")
-        return TokenSource("model_token", _model_ref(value["model"], f"{key}.model"), token, token_id)
-    return TokenSource("model", _model_ref(value, key))
+        return TokenSource("model_token", model_ref(value["model"], f"{key}.model"), token, token_id)
+    return TokenSource("model", model_ref(value, key))
 
 
 def _chat_template(value: Any) -> str | None:
@@ -306,7 +311,7 @@ def _chat_template(value: Any) -> str | None:
 def _single_module(modules: Any) -> tuple[dict, str]:
     if not isinstance(modules, dict) or set(modules) != {"default"} or not isinstance(modules["default"], dict):
         raise ConfigError("modules", "only the single module 'default' is supported (multi-module architectures are not)")
-    _warn_unknown(modules["default"], {"models", "slices", "parameters"}, "modules.default.")
+    warn_unknown(modules["default"], {"models", "slices", "parameters"}, "modules.default.")
     return modules["default"], "modules.default."
 
 
@@ -320,7 +325,7 @@ def _list(body: dict, key: str, prefix: str) -> list:
 def _slice(item: Any, key: str) -> OutputSlice:
     if not isinstance(item, dict):
         raise ConfigError(key, f"must be a mapping with 'sources' (got {item!r})")
-    _warn_unknown(item, {"sources", "base_model", "parameters", "residual_weight"}, f"{key}.")
+    warn_unknown(item, {"sources", "base_model", "parameters", "residual_weight"}, f"{key}.")
     sources = item.get("sources")
     if not isinstance(sources, list) or not sources:
         raise ConfigError(f"{key}.sources", f"must be a non-empty list (got {sources!r})")
@@ -331,7 +336,7 @@ def _slice(item: Any, key: str) -> OutputSlice:
     base = item.get("base_model")
     return OutputSlice(
         sources=parsed,
-        base_model=_model_ref(base, f"{key}.base_model") if base is not None else None,
+        base_model=model_ref(base, f"{key}.base_model") if base is not None else None,
         parameters=_parameters(item.get("parameters"), f"{key}.parameters"),
         key=key,
     )
@@ -341,12 +346,12 @@ def _source(item: Any, key: str, needs_range: bool) -> Source:
     if not isinstance(item, dict) or "model" not in item:
         raise ConfigError(key, f"must be a mapping with a 'model' key (got {item!r})")
     allowed = {"model", "parameters"} | ({"layer_range"} if needs_range else set())
-    _warn_unknown(item, allowed, f"{key}.")
+    warn_unknown(item, allowed, f"{key}.")
     layer_range = None
     if needs_range:
         layer_range = _layer_range(item.get("layer_range"), f"{key}.layer_range")
     return Source(
-        model=_model_ref(item["model"], f"{key}.model"),
+        model=model_ref(item["model"], f"{key}.model"),
         layer_range=layer_range,
         parameters=_parameters(item.get("parameters"), f"{key}.parameters"),
         key=key,
@@ -364,11 +369,11 @@ def _layer_range(value: Any, key: str) -> tuple[int, int]:
     return (value[0], value[1])
 
 
-def _model_ref(value: Any, key: str) -> ModelRef:
+def model_ref(value: Any, key: str) -> ModelRef:
     """A model reference in mergekit's forms (§2.2): ``PATH[@REV][+LORA[@REV]]``, or
     ``{model: PATH | {path, revision}, lora: ..., override_architecture: ...}``, or ``{path, revision}``."""
     if isinstance(value, dict) and "model" in value:
-        _warn_unknown(value, {"model", "lora", "override_architecture"}, f"{key}.")
+        warn_unknown(value, {"model", "lora", "override_architecture"}, f"{key}.")
         if value.get("override_architecture"):
             raise ConfigError(f"{key}.override_architecture", "is not supported yet")
         model = _model_path(value["model"], f"{key}.model")
@@ -388,7 +393,7 @@ def _model_path(value: Any, key: str) -> ModelRef:
     """One path or Hub repo, optionally at a revision: ``PATH[@REV]`` or ``{path, revision}``."""
     if isinstance(value, dict):
         if isinstance(value.get("path"), str) and value["path"]:
-            _warn_unknown(value, {"path", "revision"}, f"{key}.")
+            warn_unknown(value, {"path", "revision"}, f"{key}.")
             revision = value.get("revision")
             return ModelRef(value["path"], str(revision) if revision is not None else None)
         raise ConfigError(key, f"expected a model path or {{path, revision}} (got {value!r})")
@@ -400,7 +405,7 @@ def _model_path(value: Any, key: str) -> ModelRef:
     return ModelRef(path, revision or None)
 
 
-def _dtype(value: Any, key: str) -> torch.dtype | None:
+def parse_dtype(value: Any, key: str) -> torch.dtype | None:
     if value is None:
         return None
     name = value.removeprefix("torch.") if isinstance(value, str) else value
@@ -475,7 +480,7 @@ def did_you_mean(name: str, known) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _warn_unknown(mapping: dict, known: set[str], prefix: str) -> None:
+def warn_unknown(mapping: dict, known: set[str], prefix: str) -> None:
     unknown = sorted(str(k) for k in mapping if k not in known)
     if unknown:
         log.warning("ignoring unknown config key(s): %s", ", ".join(prefix + k + did_you_mean(k, known) for k in unknown))

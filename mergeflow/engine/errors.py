@@ -1,5 +1,8 @@
 """Errors the user can act on. Each carries one line that names the offending key, file or tensor."""
 
+import functools
+import sys
+
 
 class MergeflowError(Exception):
     """Base class: the CLI prints ``str(err)`` on one line and exits non-zero."""
@@ -27,3 +30,21 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def one_line_errors(exit_code: int = 1):
+    """Decorate a subcommand: a MergeflowError becomes ``mergeflow COMMAND: error: ...`` on one
+    line of stderr and ``exit_code``."""
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(args) -> int:
+            try:
+                return func(args)
+            except MergeflowError as err:
+                print(f"mergeflow {args.command}: error: {err}", file=sys.stderr)
+                return exit_code
+
+        return wrapper
+
+    return decorate

@@ -112,7 +112,7 @@ def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodS
     name = method.pretty_name or method.name
     method_line = f"[{name}]({method.reference_url})" if method.reference_url else name
     sentence = f"This model was merged with the {method_line} merge method"
-    sentence += f", with {_md_model(base)} as the base model." if base is not None else "."
+    sentence += f", with {markdown_model(base)} as the base model." if base is not None else "."
     # SLERP interpolates between its two models, the base being one end: both were merged.
     merged = [r for r in refs if r != base or method.name == "slerp"]
     details = "\n".join([
@@ -120,7 +120,7 @@ def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodS
         "[mergeflow](https://github.com/mergeflow/mergeflow), whose engine reproduces mergekit 0.1.5 bit for bit.",
         "", "### Merge Method", "", sentence,
         "", "### Models Merged", "", "The following models were included in the merge:",
-        *[f"* {_md_model(r)}" for r in merged],
+        *[f"* {markdown_model(r)}" for r in merged],
     ])
     configuration = "\n".join(["The following YAML configuration was used to produce this model:", "",
                                 "```yaml", config.text.rstrip(), "```"])
@@ -147,9 +147,9 @@ def _local_license(ref: ModelRef) -> str | None:
         return None
 
 
-def _md_model(ref: ModelRef) -> str:
+def markdown_model(ref: ModelRef) -> str:
     if ref.lora:
-        return f"{_md_model(ref.base)} + {_md_model(ref.lora)}"
+        return f"{markdown_model(ref.base)} + {markdown_model(ref.lora)}"
     if not is_hub_reference(ref):
         return str(ref)
     url = f"https://huggingface.co/{ref.path}" + (f"/tree/{ref.revision}" if ref.revision else "")

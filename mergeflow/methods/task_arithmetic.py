@@ -136,7 +136,7 @@ def _register(
             merge=partial(merge, sparsifier=sparsifier, sign_consensus=sign_consensus),
             params=params,
             requires_base=True,
-            draws_random=sparsifier in (_bernoulli, _della),
+            draws_random=sparsifier in (DARE, DELLA),
             pretty_name=pretty_name,
             reference_url=reference_url,
         )

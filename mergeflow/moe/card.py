@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from mergeflow.engine.outputs import _md_model, is_hub_reference
+from mergeflow.engine.outputs import markdown_model, is_hub_reference
 from mergeflow.moe.config import Expert, MoEConfig
 
 
@@ -18,7 +18,7 @@ def write_moe_card(out: Path, title: str, config: MoEConfig, architecture: str) 
         "This is a mixture of experts built from pre-trained language models with "
         "[mergeflow](https://github.com/mergeflow/mergeflow), whose `mergeflow moe` reproduces mergekit-moe 0.1.5 bit for bit.",
         "", "## MoE Details", "",
-        f"A {architecture} model: the base model {_md_model(config.base_model)} donates attention, embeddings, "
+        f"A {architecture} model: the base model {markdown_model(config.base_model)} donates attention, embeddings, "
         f"norms and tokenizer; each layer routes every token to {config.experts_per_token} of "
         f"{len(config.experts)} experts, with routers initialised by gate mode `{config.gate_mode}`.",
         "", "### Experts", "", *[_expert_line(e) for e in config.experts],
@@ -34,4 +34,4 @@ def write_moe_card(out: Path, title: str, config: MoEConfig, architecture: str) 
 
 def _expert_line(expert: Expert) -> str:
     prompts = f" (prompts: {', '.join(repr(p) for p in expert.positive_prompts)})" if expert.positive_prompts else ""
-    return f"* {_md_model(expert.source_model)}{prompts}"
+    return f"* {markdown_model(expert.source_model)}{prompts}"

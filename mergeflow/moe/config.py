@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from mergeflow.engine.config import ModelRef, _dtype, _model_ref, _warn_unknown
+from mergeflow.engine.config import ModelRef, load_yaml_mapping, model_ref, parse_dtype, warn_unknown
 from mergeflow.engine.errors import ConfigError
 
 log = logging.getLogger("mergeflow")
@@ -69,24 +69,19 @@ class MoEConfig:
 
 
 def parse_moe_config(text: str, allow_all_same: bool = False) -> MoEConfig:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"MoE config is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError("", "MoE config must be a YAML mapping")
-    _warn_unknown(doc, TOP_LEVEL_KEYS, "")
+    doc = load_yaml_mapping(text, "MoE config")
+    warn_unknown(doc, TOP_LEVEL_KEYS, "")
     if doc.get("merge_method", "moe") != "moe":
         raise ConfigError("merge_method", f"a config with experts is a MoE build: write 'merge_method: moe' or leave it out (got {doc['merge_method']!r})")
     if doc.get("base_model") is None:
         raise ConfigError("base_model", "is required: the model that donates attention, embeddings, tokenizer and config")
     config = MoEConfig(
         text=text,
-        base_model=_model_ref(doc["base_model"], "base_model"),
+        base_model=model_ref(doc["base_model"], "base_model"),
         experts=_experts(doc.get("experts"), "experts", required=True),
         shared_experts=_experts(doc.get("shared_experts"), "shared_experts", required=False),
         gate_mode=_gate_mode(doc.get("gate_mode", "hidden")),
-        dtype=_dtype(doc.get("dtype"), "dtype"),
+        dtype=parse_dtype(doc.get("dtype"), "dtype"),
         experts_per_token=_integer(doc.get("experts_per_token", 2), "experts_per_token"),
         architecture=_architecture(doc.get("architecture")),
     )
@@ -134,11 +129,11 @@ def _experts(value: Any, key: str, required: bool) -> list[Expert]:
 def _expert(item: Any, key: str) -> Expert:
     if not isinstance(item, dict):
         raise ConfigError(key, f"expected a mapping with source_model (got {item!r})")
-    _warn_unknown(item, EXPERT_KEYS, f"{key}.")
+    warn_unknown(item, EXPERT_KEYS, f"{key}.")
     if item.get("source_model") is None:
         raise ConfigError(f"{key}.source_model", "is required")
     return Expert(
-        source_model=_model_ref(item["source_model"], f"{key}.source_model"),
+        source_model=model_ref(item["source_model"], f"{key}.source_model"),
         positive_prompts=_prompts(item.get("positive_prompts"), f"{key}.positive_prompts"),
         negative_prompts=_prompts(item.get("negative_prompts"), f"{key}.negative_prompts"),
         noise_scale=_scale(item.get("noise_scale"), f"{key}.noise_scale"),

@@ -7,7 +7,6 @@ failed job leaves nothing that Snakemake could mistake for a result.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
 import sys
@@ -15,22 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.errors import one_line_errors
 from mergeflow.engine.outdir import make_dir
 from mergeflow.pipeline.recipes import PipelineError, Plan, node_path, yaml_error
 from mergeflow.quality.files import read_json, write_atomic, write_json_atomic
-
-
-def _one_line_errors(func):
-    @functools.wraps(func)
-    def wrapper(args) -> int:
-        try:
-            return func(args)
-        except MergeflowError as err:
-            print(f"mergeflow {args.command}: error: {err}", file=sys.stderr)
-            return 1
-
-    return wrapper
 
 
 WORKFLOW_ONLY = "Run by the workflow; by hand only to redo one step."
@@ -99,7 +86,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=upload_command)
 
 
-@_one_line_errors
+@one_line_errors()
 def lock_command(args) -> int:
     from mergeflow.pipeline.hub import ensure_locked, read_lock
 
@@ -122,7 +109,7 @@ def lock_command(args) -> int:
     return 0
 
 
-@_one_line_errors
+@one_line_errors()
 def digest_command(args) -> int:
     from mergeflow.pipeline.fingerprint import digest
 
@@ -130,7 +117,7 @@ def digest_command(args) -> int:
     return 0
 
 
-@_one_line_errors
+@one_line_errors()
 def locate_command(args) -> int:
     from mergeflow.pipeline.hub import entry_for, fetch
 
@@ -138,7 +125,7 @@ def locate_command(args) -> int:
     return 0
 
 
-@_one_line_errors
+@one_line_errors()
 def promote_command(args) -> int:
     selected = read_json(args.selected).get("selected")
     source = Path(node_path(str(selected), "model"))
@@ -169,7 +156,7 @@ def _link_tree(source: Path, target: Path) -> None:
         raise
 
 
-@_one_line_errors
+@one_line_errors()
 def upload_command(args) -> int:
     from mergeflow.pipeline.upload import upload_step
 

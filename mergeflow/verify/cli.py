@@ -6,27 +6,14 @@ Exit status: 0 identical, 1 different, 2 bad input (one line on stderr naming wh
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
 from mergeflow.engine.cli import configure_logging
-from mergeflow.engine.errors import MergeflowError
+from mergeflow.engine.errors import one_line_errors
 from mergeflow.quality.files import write_json_atomic
 
 BAD_INPUT = 2
-
-
-def _exit_codes(func):
-    @functools.wraps(func)
-    def wrapper(args) -> int:
-        try:
-            return func(args)
-        except MergeflowError as err:
-            print(f"mergeflow {args.command}: error: {err}", file=sys.stderr)
-            return BAD_INPUT
-
-    return wrapper
 
 
 def register(subparsers) -> None:
@@ -95,7 +82,7 @@ exit status: 0 bit-identical, 1 different, 2 bad input""",
     p.set_defaults(func=reproduce_command)
 
 
-@_exit_codes
+@one_line_errors(BAD_INPUT)
 def verify_command(args) -> int:
     from mergeflow.verify.sides import open_side
     from mergeflow.verify.verify import compare_models, summary_lines
@@ -109,7 +96,7 @@ def verify_command(args) -> int:
     return 0 if record["verdict"] == "identical" else 1
 
 
-@_exit_codes
+@one_line_errors(BAD_INPUT)
 def reproduce_command(args) -> int:
     from mergeflow.verify.inputs import parse_date
     from mergeflow.verify.reproduce import diagnosis_lines, reproduce
