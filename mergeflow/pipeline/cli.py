@@ -100,7 +100,7 @@ def lock_command(args) -> int:
         raise PipelineError(f"{args.config}: not a mergeflow config (no recipes:)")
     plan = Plan(config)
     before = read_lock(plan.lockfile)
-    entries = ensure_locked(plan.lockfile, list(plan.inputs.values()), refresh=args.refresh)
+    entries = ensure_locked(plan.lockfile, list(plan.fetched.values()), refresh=args.refresh)
     for key, entry in entries.items():
         old = before.get(key, {}).get("commit")
         change = "new" if old is None else "unchanged" if old == entry["commit"] else f"was {old[:12]}"

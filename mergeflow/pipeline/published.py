@@ -41,7 +41,13 @@ def public_names(nodes: dict[str, dict]) -> dict[str, str]:
             names[node["source"]] = node["source"]  # repo@commit, or a path relative to the run
         else:
             names[node_path(name, "model")] = name
+            names.update({source: source for source in node.get("adapters", {}).values()})
     return names
+
+
+def adapter_sources(nodes: dict[str, dict], names) -> list[str]:
+    """The pinned sources of the LoRA adapters the nodes ``names`` apply."""
+    return sorted({source for n in names for source in nodes[n].get("adapters", {}).values()})
 
 
 def is_hub_source(source: str) -> bool:
@@ -53,7 +59,11 @@ def public_document(nodes: dict[str, dict], name: str) -> dict:
     names = public_names(nodes)
     document = yaml.safe_load(built_by(nodes, name)["config"])
     for holder, key, _ in ref_slots(document):
-        holder[key] = names.get(str(holder[key]), holder[key])
+        value = holder[key]
+        if isinstance(value, dict) and "lora" in value:  # {model: ..., lora: ...}: each side
+            holder[key] = {**value, **{k: names.get(str(value[k]), value[k]) for k in ("model", "lora")}}
+        elif isinstance(value, str):  # MODEL or MODEL+LORA
+            holder[key] = "+".join(names.get(side, side) for side in value.split("+"))
     return document
 
 
@@ -70,8 +80,10 @@ def steps_of(nodes: dict[str, dict], step: str) -> list[str]:
 
 
 def local_inputs(nodes: dict[str, dict], step: str) -> list[str]:
-    names = {p for s in steps_of(nodes, step) for p in nodes[s]["parents"]}
-    return sorted(nodes[n]["source"] for n in names if nodes[n]["kind"] == "input" and not is_hub_source(nodes[n]["source"]))
+    steps = steps_of(nodes, step)
+    names = {p for s in steps for p in nodes[s]["parents"]}
+    sources = [nodes[n]["source"] for n in names if nodes[n]["kind"] == "input"] + adapter_sources(nodes, steps)
+    return sorted({source for source in sources if not is_hub_source(source)})
 
 
 def recipe(nodes: dict[str, dict], step: str) -> dict:
@@ -115,10 +127,18 @@ def public_provenance(nodes: dict[str, dict], step: str) -> dict:
     record = dict(read_json(built_by(nodes, step)["provenance"]))
     record["config"] = yaml.safe_dump(public_document(nodes, step), sort_keys=False)
     record.pop("config_sha256", None)  # of the local config text, which is not published
-    inputs = []
-    for item in record.get("inputs", []):
-        public = names.get(item["reference"], Path(item["reference"]).name)
-        identity = item["identity"] if is_hub_source(item["identity"]) else public
-        inputs.append({**item, "reference": public, "identity": identity})
-    record["inputs"] = inputs
+    record["inputs"] = [_public_input(item, names) for item in record.get("inputs", [])]
+    return record
+
+
+def _public_input(item: dict, names: dict[str, str]) -> dict:
+    """A provenance input record with public references; a ``model+lora`` input's record names
+    both sides (``BASE+ADAPTER``) and holds the adapter's own under ``lora``."""
+    sides = zip(item["reference"].split("+"), item["identity"].split("+"))
+    public = [(names.get(ref, Path(ref).name), ident) for ref, ident in sides]
+    reference = "+".join(ref for ref, _ in public)
+    identity = "+".join(ident if is_hub_source(ident) else ref for ref, ident in public)
+    record = {**item, "reference": reference, "identity": identity}
+    if "lora" in item:
+        record["lora"] = _public_input(item["lora"], names)
     return record

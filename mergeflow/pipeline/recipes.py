@@ -26,6 +26,7 @@ RESERVED = {"inputs", "report", "logs"}
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.]|-(?!-))*$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RECIPE_KEYS = {"name", "variants", "select", "expect"}
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a directory a PEFT adapter
 # What a variant of a MoE step (mergekit-moe config) may set besides per-expert overrides.
 MOE_VARIANT_KEYS = {"gate_mode", "experts_per_token", "dtype", "architecture", "experts", "shared_experts"}
 
@@ -75,6 +76,7 @@ class Node:
     variants: list[str] = field(default_factory=list)
     select_metric: str | None = None
     overrides: dict = field(default_factory=dict)
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters its ``model+lora`` references apply
     expect: str | None = None  # a published model this step must equal (``mergeflow verify``)
 
     @property
@@ -121,6 +123,25 @@ def parse_ref(value, where: str) -> tuple[str, str | None]:
     if not path or (sep and not revision) or "@" in revision:
         raise PipelineError(f"{where}: expected PATH or PATH@REVISION, got {value!r}")
     return path, revision or None
+
+
+def split_lora(value, where: str) -> tuple:
+    """A reference as (model, adapter or None): ``MODEL+ADAPTER`` (each side ``PATH[@REV]``) or
+    ``{model: ..., lora: ...}``, as the engine reads them (mergekit-semantics §2.2)."""
+    if isinstance(value, dict) and "model" in value:
+        return value["model"], value.get("lora")
+    if isinstance(value, str) and "+" in value:
+        parts = value.split("+")
+        if len(parts) != 2:
+            raise PipelineError(f"{where}: expected MODEL or MODEL+LORA, with at most one '+', got {value!r}")
+        return parts[0], parts[1]
+    return value, None
+
+
+def ref_key(value, where: str) -> tuple:
+    """What identifies a reference: its model and its adapter, each as (path, revision)."""
+    model, adapter = split_lora(value, where)
+    return parse_ref(model, where), None if adapter is None else parse_ref(adapter, f"{where} (lora)")
 
 
 def _parts(doc: dict):
@@ -185,12 +206,12 @@ def _apply_variant(doc: dict, spec, where: str) -> dict:
     if not isinstance(models, dict):
         raise PipelineError(f"{where}.models: must map a model reference to parameter overrides")
     for ref, params in models.items():
-        target = parse_ref(ref, f"{where}.models")
+        target = ref_key(ref, f"{where}.models")
         holders = [
             entry
             for part, prefix in _parts(doc)
             for entry, at in _model_entries(part, prefix)
-            if parse_ref(entry["model"], at) == target
+            if ref_key(entry["model"], at) == target
         ]
         if not holders:
             raise PipelineError(f"{where}.models: {ref!r} is not a model of this step")
@@ -268,6 +289,7 @@ class Plan:
         self.aliases = dict(config.get("models") or {})
         self.gate = config.get("gate")
         self.inputs: dict[str, InputModel] = {}
+        self.adapters: dict[str, InputModel] = {}  # LoRA adapters: fetched and digested, never evaluated
         self.nodes: dict[str, Node] = {}
         for name in self.aliases:
             self._check_name(name, f"models.{name}")
@@ -296,13 +318,14 @@ class Plan:
         if "merge_method" not in engine_doc and not is_moe_document(engine_doc):
             raise PipelineError(f"{where}: merge_method is required (or experts: for a MoE step)")
         parents = self._resolve_parents(engine_doc, where)
+        adapters = list(dict.fromkeys(adapter for *_, adapter in self._refs(engine_doc, where) if adapter))
         variants = doc.get("variants") or {}
         select = doc.get("select")
         if not isinstance(variants, dict):
             raise PipelineError(f"{where}: variants must map a variant name to overrides")
         if select is not None and not variants:
             raise PipelineError(f"{where}: select: needs variants:")
-        step = Node(name, "step", name, label, engine_doc, parents, expect=self._expect(doc, where))
+        step = Node(name, "step", name, label, engine_doc, parents, expect=self._expect(doc, where), adapters=adapters)
         if variants:
             if select is not None and not (isinstance(select, dict) and isinstance(select.get("metric"), str)):
                 raise PipelineError(f"{where}: select must be {{metric: NAME}}")
@@ -318,7 +341,9 @@ class Plan:
             }
             for ref, params in (spec.get("models") or {}).items():
                 overrides.update({f"{ref}.{key}": value for key, value in params.items()})
-            self.nodes[node_name] = Node(node_name, "variant", name, label, document, parents, overrides=overrides)
+            self.nodes[node_name] = Node(
+                node_name, "variant", name, label, document, parents, overrides=overrides, adapters=adapters
+            )
             step.variants.append(node_name)
         self.nodes[name] = step  # after its variants: the order the report lists them in
 
@@ -332,31 +357,40 @@ class Plan:
         return f"{repo}@{revision}" if revision else repo
 
     def _refs(self, doc: dict, where: str):
-        """Yield (mapping, key, node name) for every model reference in ``doc``."""
+        """Yield (mapping, key, node name, adapter name or None) for every model reference in ``doc``."""
         for holder, key, slot in ref_slots(doc):
             at = f"{where}: {slot}"
-            yield holder, key, self._resolve(*parse_ref(holder[key], at), at)
+            model, adapter = split_lora(holder[key], at)
+            parent = self._resolve(*parse_ref(model, at), at)
+            if adapter is not None:
+                adapter = self._resolve(*parse_ref(adapter, f"{at}.lora"), f"{at}.lora", kind="adapter")
+            yield holder, key, parent, adapter
 
     def _resolve_parents(self, doc: dict, where: str) -> list[str]:
-        parents = list(dict.fromkeys(parent for _, _, parent in self._refs(doc, where)))
+        parents = list(dict.fromkeys(parent for _, _, parent, _ in self._refs(doc, where)))
         if not parents:
             raise PipelineError(f"{where}: names no models")
         return parents
 
-    def _resolve(self, path: str, revision: str | None, where: str) -> str:
-        """The node name a reference denotes: a step, an alias, a local directory or a Hub repo."""
+    def _resolve(self, path: str, revision: str | None, where: str, kind: str = "model") -> str:
+        """The node name a reference denotes: a step, an alias, a local directory or a Hub repo
+        (a LoRA adapter, ``kind='adapter'``, cannot be a step)."""
         if revision is None and path in self.nodes and self.nodes[path].kind == "step":
+            if kind == "adapter":
+                raise PipelineError(f"{where}: step {path!r} is a model, not a LoRA adapter")
             return path
         if revision is None and path in self.aliases:
             alias = self.aliases[path]
-            return self._add_input(path, *parse_ref(alias, f"models.{path}"), f"models.{path}")
+            return self._add_input(path, *parse_ref(alias, f"models.{path}"), f"models.{path}", kind)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "--", f"{path}@{revision}" if revision else path).strip("-.")
-        return self._add_input(name, path, revision, where)
+        return self._add_input(name, path, revision, where, kind)
 
-    def _add_input(self, name: str, path: str, revision: str | None, where: str) -> str:
+    def _add_input(self, name: str, path: str, revision: str | None, where: str, kind: str = "model") -> str:
         if (self.base / path).is_dir():
             if revision is not None:
                 raise PipelineError(f"{where}: local directory {path} cannot take a revision")
+            if kind == "adapter" and not (self.base / path / ADAPTER_CONFIG).is_file():
+                raise PipelineError(f"{where}: {path} is not a LoRA adapter (it has no {ADAPTER_CONFIG})")
             model = InputModel(name, path=os.path.normpath(path))
         elif HUB_RE.match(path):
             model = InputModel(name, repo=path, revision=revision or "main")
@@ -364,11 +398,24 @@ class Plan:
             raise PipelineError(
                 f"{where}: {path!r} is not an earlier step, an alias in models:, a local directory or a Hub repo"
             )
-        if self.inputs.setdefault(name, model) != model or name in self.nodes:
+        mine, other = (self.adapters, self.inputs) if kind == "adapter" else (self.inputs, self.adapters)
+        if mine.setdefault(name, model) != model or name in self.nodes:
             raise PipelineError(f"{where}: {path!r} and another model both map to the name {name!r}")
+        if name in other:
+            raise PipelineError(f"{where}: {name!r} is used both as a model and as a LoRA adapter")
         return name
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def fetched(self) -> dict[str, InputModel]:
+        """Everything fetched (Hub), pinned in the lock and digested: input models and adapters."""
+        return {**self.inputs, **self.adapters}
+
+    def upstream_adapters(self, name: str) -> list[str]:
+        """The adapters ``name`` and the steps it is built from apply, without repeats."""
+        names = [n for n in [name, *self.step_ancestors(name)] if n in self.nodes]
+        return list(dict.fromkeys(a for n in names for a in self.nodes[n].adapters))
 
     @property
     def steps(self) -> list[Node]:
@@ -388,7 +435,7 @@ class Plan:
         return [n.name for n in self.steps if n.expect]
 
     def path(self, name: str, what: str) -> str:
-        return node_path(name, what, name in self.inputs)
+        return node_path(name, what, name in self.fetched)
 
     def ancestors(self, name: str) -> list[str]:
         """Every model ``name`` is built from (inputs and steps), nearest first, without repeats."""
@@ -410,17 +457,24 @@ class Plan:
 
     def source(self, name: str, commits: dict[str, str]) -> str:
         """The concrete reference the engine and evaluation get for a model."""
-        if name in self.inputs:
-            model = self.inputs[name]
+        if name in self.fetched:
+            model = self.fetched[name]
             return f"{model.repo}@{commits[model.lock_key]}" if model.is_hub else model.path
         return self.path(name, "model")
 
     def engine_config(self, name: str, commits: dict[str, str]) -> str:
-        """The node's mergekit config with every reference made concrete (Hub ones pinned)."""
+        """The node's mergekit config with every reference made concrete (Hub ones pinned), both
+        sides of a ``model+lora`` reference, in the form the recipe used."""
         node = self.nodes[name]
         doc = copy.deepcopy(node.document)
-        for holder, key, parent in self._refs(doc, f"{node.recipe}: step {name!r}"):
-            holder[key] = self.source(parent, commits)
+        for holder, key, parent, adapter in self._refs(doc, f"{node.recipe}: step {name!r}"):
+            model = self.source(parent, commits)
+            if adapter is None:
+                holder[key] = model
+            elif isinstance(holder[key], dict):
+                holder[key] = {**holder[key], "model": model, "lora": self.source(adapter, commits)}
+            else:
+                holder[key] = f"{model}+{self.source(adapter, commits)}"
         header = f"# {node.name}: generated by mergeflow from {node.recipe}; edit the recipe, not this file\n"
         return header + yaml.safe_dump(doc, sort_keys=False)
 
@@ -441,6 +495,8 @@ class Plan:
         entry = {"name": name, "kind": node.kind, "method": node.method, "parents": list(node.parents)}
         if node.kind == "variant":
             entry.update(variant_of=node.step, overrides=node.overrides)
+        if node.adapters:  # pinned like inputs, but not models of their own (never evaluated)
+            entry["adapters"] = {a: self.source(a, commits) for a in node.adapters}
         if node.variants:  # evaluated through its selected variant, never twice
             entry.update(variants=list(node.variants), selected=self.path(name, "selected"))
         else:

@@ -30,7 +30,8 @@ def _lineage(nodes: dict[str, dict], name: str, depth: int = 0) -> list[str]:
     if gate:
         verdict = "passed" if gate.get("passed") else "failed"
         line += f"; gate {verdict}: {gate.get('metric')} = {gate.get('value')}"
-    return [line] + [row for parent in node["parents"] for row in _lineage(nodes, parent, depth + 1)]
+    adapters = [f"{pad}  - `{a}` (LoRA adapter): `{source}`" for a, source in node.get("adapters", {}).items()]
+    return [line] + adapters + [row for parent in node["parents"] for row in _lineage(nodes, parent, depth + 1)]
 
 
 def model_card(manifest: dict, step: str, repo: str | None = None) -> str:
@@ -41,7 +42,9 @@ def model_card(manifest: dict, step: str, repo: str | None = None) -> str:
     nodes = {node["name"]: node for node in manifest["nodes"]}
     if step not in nodes:
         raise PipelineError(f"manifest has no step {step!r}")
-    hub_inputs = [n["source"] for n in nodes.values() if n["kind"] == "input" and published.is_hub_source(n["source"])]
+    sources = [n["source"] for n in nodes.values() if n["kind"] == "input"]
+    sources += published.adapter_sources(nodes, published.steps_of(nodes, step))
+    hub_inputs = list(dict.fromkeys(source for source in sources if published.is_hub_source(source)))
     raw = read_optional_json(published.built_by(nodes, step).get("eval"))
     target = repo or "ORG/NAME"
     reproduce = [f"Every input is pinned to a Hub commit in `{published.CONFIG_FILE}`"]

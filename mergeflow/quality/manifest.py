@@ -32,6 +32,8 @@ skipped after a gate stop) and the report shows it as "not run".
       selected    (step with variants) selection JSON written by `mergeflow select`
       variant_of  (variant) the step it belongs to
       overrides   optional (variant): its parameter overrides, e.g. {"weight": 0.75}
+      adapters    optional (step, variant): the LoRA adapters its model+lora inputs apply,
+                  {name: pinned source}; not nodes (never evaluated)
 
     GATE: {"metric": "TASK/METRIC", "max_drop": F | "min": F | "max": F, "stop": bool,
            "significant": bool}
@@ -71,6 +73,7 @@ class Node:
     overrides: dict[str, Any] = field(default_factory=dict)
     expect: str | None = None  # a published model the step is verified against
     verify: str | None = None  # that verification's JSON (mergeflow verify --json)
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters applied: name -> source
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
                 "parents": tuple(entry.get("parents", ())),
                 "variants": tuple(entry.get("variants", ())),
                 "overrides": dict(entry.get("overrides") or {}),
+                "adapters": dict(entry.get("adapters") or {}),
             }
         )
         if node.kind not in KINDS:

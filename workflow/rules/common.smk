@@ -46,7 +46,7 @@ os.environ.setdefault("MERGEFLOW_SRC", workflow.basedir)
 try:
     PLAN = Plan(config)
     # Resolves (network) and writes lock entries only for Hub models not locked yet.
-    LOCK = ensure_locked(PLAN.lockfile, list(PLAN.inputs.values()))
+    LOCK = ensure_locked(PLAN.lockfile, list(PLAN.fetched.values()))
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 
@@ -55,7 +55,7 @@ GATE = config.get("gate")
 STOP = bool(GATE and GATE["stop"])
 LOCAL_STATS = {
     name: file_stats(model.path)
-    for name, model in PLAN.inputs.items()
+    for name, model in PLAN.fetched.items()
     if not model.is_hub
 }
 MERGE = config["merge"]
@@ -112,6 +112,7 @@ def depends(name, reads, also=()):
     ``reads`` decide. A pending gate is the one checkpoint listed plainly: jobs wait for it.
     """
     upstream = [f for a in PLAN.ancestors(name) for f in checkpoint_outputs(a)]
+    upstream += [PLAN.path(a, "digest") for a in PLAN.upstream_adapters(name)]
     files = read_then_ancient(reads, upstream + list(also))
     if STOP:
         files += [gate for gate in map(pending_gate, PLAN.step_ancestors(name)) if gate]
@@ -224,8 +225,8 @@ def announce_gate_stops():
 
 def model_mb(name):
     """Approximate size of a model in MB: from the lock, a local dir, or (merged) its largest parent."""
-    if name in PLAN.inputs and PLAN.inputs[name].is_hub:
-        files = LOCK[PLAN.inputs[name].lock_key]["files"].values()
+    if name in PLAN.fetched and PLAN.fetched[name].is_hub:
+        files = LOCK[PLAN.fetched[name].lock_key]["files"].values()
         sizes = [f["size"] or 0 for f in files]
     elif name in LOCAL_STATS:
         sizes = [size for size, _ in LOCAL_STATS[name].values()]

@@ -1,4 +1,4 @@
-# Inputs: fetch each Hub model at its locked commit (only what a merge reads) into the HF cache,
+# Inputs: fetch each Hub model (or LoRA adapter) at its locked commit (only what a merge reads) into the HF cache,
 # verify it against the lock, and write its digest; local model dirs just get their digest,
 # recomputed whenever a file's size or mtime changes.
 # A checkpoint, so a refetch that changes no byte lets Snakemake keep everything downstream.
@@ -22,7 +22,7 @@ checkpoint fetch_model:
     log:
         "results/logs/fetch_model/{model}.log",
     wildcard_constraints:
-        model=one_of(PLAN.inputs),
+        model=one_of(PLAN.fetched),
     conda:
         "../../envs/mergeflow.yaml"
     resources:

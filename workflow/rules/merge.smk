@@ -30,7 +30,11 @@ checkpoint merge:
         config="results/{node}/merge.yml",
         models=lambda wildcards: depends(
             wildcards.node,
-            [PLAN.path(p, "digest") for p in PLAN.nodes[wildcards.node].parents],
+            [
+                PLAN.path(p, "digest")
+                for p in PLAN.nodes[wildcards.node].parents
+                + PLAN.nodes[wildcards.node].adapters
+            ],
         ),
     output:
         model=directory("results/{node}/model"),

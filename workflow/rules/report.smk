@@ -82,7 +82,9 @@ onsuccess:
 
     announce_gate_stops()
     print_summary(
-        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+        "results/manifest.json",
+        "results/report/index.html",
+        config["report"]["confidence"],
     )
 
 
@@ -90,5 +92,7 @@ onerror:
     from mergeflow.quality.summary import print_summary
 
     print_summary(
-        "results/manifest.json", "results/report/index.html", config["report"]["confidence"]
+        "results/manifest.json",
+        "results/report/index.html",
+        config["report"]["confidence"],
     )
