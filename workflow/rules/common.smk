@@ -406,7 +406,7 @@ def put_mergeflow_on_path():
 def remove_staging_leftovers():
     """Merges and promotions build a model in a hidden sibling (``results/NODE/.model.*``) and
     rename it into place; one killed halfway (scancel, a node failure, SIGKILL) leaves that
-    behind. The engine's own rule removes it: only with the model's output lock free, so a job
+    behind. The engine's own cleanup removes it, only with the model's output lock free, so a job
     still running (e.g. one a killed Snakemake left on the cluster) keeps its staging directory.
     """
     from mergeflow.engine import outdir
