@@ -11,10 +11,9 @@ import logging
 import signal
 import sys
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
-from mergeflow.engine.errors import Interrupted, MergeflowError
+from mergeflow.engine.errors import Interrupted, MergeflowError, signals_interrupt
 
 log = logging.getLogger("mergeflow")
 
@@ -111,23 +110,6 @@ def device_of(args) -> str:
     return name
 
 
-@contextmanager
-def _signals_interrupt():
-    """SIGINT and SIGTERM (kill, timeout, SLURM) raise ``Interrupted`` in the main thread, so the
-    merge unwinds and removes its staging directory; a second signal during that is ignored."""
-    def interrupt(signum, frame):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def merge_command(args) -> int:
     return run_guarded("merge", args, _merge)
 
@@ -136,7 +118,7 @@ def run_guarded(command: str, args, body) -> int:
     """Run ``body(args)`` as ``mergeflow COMMAND``: a signal ends it with one ``interrupted`` line
     and 128+signum, a user error with one ``error`` line, and even a bug with one line."""
     try:
-        with _signals_interrupt():
+        with signals_interrupt():
             body(args)
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name

@@ -1,7 +1,9 @@
 """Errors the user can act on. Each carries one line that names the offending key, file or tensor."""
 
 import functools
+import signal
 import sys
+from contextlib import contextmanager
 
 
 class MergeflowError(Exception):
@@ -32,15 +34,37 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+@contextmanager
+def signals_interrupt():
+    """SIGINT and SIGTERM (kill, timeout, SLURM) raise ``Interrupted`` in the main thread, so the
+    merge unwinds and removes its staging directory; a second signal during that is ignored."""
+    def interrupt(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def one_line_errors(exit_code: int = 1):
     """Decorate a subcommand: a MergeflowError becomes ``mergeflow COMMAND: error: ...`` on one
-    line of stderr and ``exit_code``."""
+    line of stderr and ``exit_code``; SIGINT/SIGTERM unwind it (its ``finally`` blocks clean up)
+    and end it with one ``interrupted`` line and 128+signum."""
 
     def decorate(func):
         @functools.wraps(func)
         def wrapper(args) -> int:
             try:
-                return func(args)
+                with signals_interrupt():
+                    return func(args)
+            except Interrupted as stop:
+                print(f"mergeflow {args.command}: interrupted by {signal.Signals(stop.signum).name}", file=sys.stderr)
+                return 128 + stop.signum
             except MergeflowError as err:
                 print(f"mergeflow {args.command}: error: {err}", file=sys.stderr)
                 return exit_code
