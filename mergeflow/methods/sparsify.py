@@ -139,7 +139,9 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     order = torch.argsort(x.abs(), dim=1)
     # mergekit ranks with a second argsort; the ranks are the inverse permutation of ``order``,
     # which a scatter gives exactly, without sorting again.
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    # (The positions run along dim 1 whatever the rank: fused expert tensors are 3-D.)
+    shape = [1, order.shape[1]] + [1] * (order.dim() - 2)
+    positions = torch.arange(order.shape[1], device=order.device).view(shape).expand_as(order)
     ranks = torch.empty_like(order).scatter_(1, order, positions).to(work) + 1
     low = ranks.min(dim=1, keepdim=True).values
     high = ranks.max(dim=1, keepdim=True).values

@@ -133,3 +133,15 @@ def test_fast_selection_keeps_the_same_magnitudes_and_breaks_ties_by_index(dtype
     stable_top = torch.zeros(5000, dtype=torch.bool)
     stable_top[torch.argsort(keys, descending=True, stable=True)[:1500]] = True
     assert torch.equal(sparsify.magnitude(delta, 0.3, False, fast=True) != 0, stable_top & (delta != 0))
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 9), (3, 6, 4)])
+def test_della_ranks_are_a_second_argsort_in_every_rank_of_tensor(shape):
+    """The inverse permutation equals mergekit's argsort-of-argsort along dim 1, also for the 3-D
+    fused expert tensors of MoE checkpoints."""
+    delta = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x = delta.unsqueeze(0) if delta.dim() == 1 else delta
+    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).float() + 1
+    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    expected = 0.4 + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * 0.1
+    assert torch.equal(sparsify.della_probabilities(delta, 0.5, 0.1), expected)
