@@ -155,9 +155,9 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_leftovers(out: Path) -> None:
+def remove_leftovers(out: Path) -> list[Path]:
     """With the lock held: restore an OUT a dead run had retired but not replaced, then remove
-    every staging and retired directory dead runs left beside ``out``."""
+    every staging and retired directory dead runs left beside ``out``; returns those removed."""
     # Exactly the names make_dir gives, so another OUT's (``OUT.tmp-x``'s) are never matched.
     mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-\d+@[^/]+-[0-9a-f]{{8}}")
     leftovers = sorted(p for p in out.parent.iterdir() if mine.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
@@ -169,6 +169,7 @@ def remove_leftovers(out: Path) -> None:
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
         log.warning("removed %s, left by an interrupted merge", path.name)
+    return leftovers
 
 
 def created_parents(out: Path) -> list[Path]:

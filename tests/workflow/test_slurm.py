@@ -339,7 +339,7 @@ def submitted_ids(run: Run) -> set[str]:
 
 
 DEMO_INPUTS = ["base", "add", "rev", "copy"]
-DEMO_VARIANTS = ["step1--a50", "step1--a75", "step2--c25", "step2--c50"]
+DEMO_VARIANTS = ["step1--a50", "step1--a75", "step2--c25", "step2--c50", "moe--hidden", "moe--cheap"]
 MERGES = {f"merge[{node}]" for node in DEMO_VARIANTS}
 EVALUATIONS = {as_comment(f"evaluate[inputs/{name}]") for name in DEMO_INPUTS} | {f"evaluate[{node}]" for node in DEMO_VARIANTS}
 
@@ -347,7 +347,7 @@ EVALUATIONS = {as_comment(f"evaluate[inputs/{name}]") for name in DEMO_INPUTS} |
 def test_demo_costs_one_sbatch_job_per_merge_and_evaluation(demo_run):
     workdir, run, _ = demo_run
     jobs = our_jobs(run)
-    assert set(jobs) == MERGES | EVALUATIONS  # 12; all bookkeeping ran on the submitting node
+    assert set(jobs) == MERGES | EVALUATIONS  # 16; all bookkeeping ran on the submitting node
     for job in jobs.values():
         assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
     assert submitted_ids(run) == {job["JobId"] for job in jobs.values()}

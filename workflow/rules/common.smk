@@ -418,9 +418,14 @@ def remove_staging_leftovers():
             continue
         try:
             with outdir.output_lock(model):
-                outdir.remove_leftovers(model)
+                removed = outdir.remove_leftovers(model)
         except OutputError as err:  # held: a live job's
             logger.info(f"mergeflow: {err}")
+            continue
+        for leftover in removed:
+            logger.info(
+                f"mergeflow: removed {os.path.relpath(leftover)}, left by an interrupted job"
+            )
 
 
 def check_cluster_environment():
