@@ -438,9 +438,9 @@ def test_cancelled_merge_is_redone_cleanly(demo_run, job_env, cluster):
     assert "merge[step2--c50]" in jobs, set(jobs)
     assert all(job["JobState"] == "COMPLETED" for job in jobs.values()), jobs
     assert (node / "model.sha256").read_text() == digest
+    # scancel sends SIGTERM: the engine removes its own staging dir then (tests/faults covers
+    # that); what a SIGKILL leaves, the next run's start removes under the output lock.
     assert [p for p in (workdir / "results").rglob(".model.*")] == []
-    if staging_seen:
-        assert "mergeflow: removed results/step2--c50/.model.tmp-" in run.output
 
 
 def test_hub_models_on_a_cluster_need_hf_home(cluster, job_env, hub, models, tmp_path):
