@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
+from mergeflow.engine import outdir
 from mergeflow.engine.errors import MergeflowError
 from mergeflow.pipeline.published import CONFIG_FILE, RECIPE_FILE, RECIPE_VERSION
 from mergeflow.pipeline.recipes import parse_ref
@@ -143,7 +143,7 @@ def reproduce(reference: str, out: Path, inputs_as_of: datetime | None, say=prin
 
     final = steps[-1]
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.steps-", dir=out.absolute().parent))
+    staging = outdir.make_dir(out.absolute().parent, f".{out.name}.steps-")
     try:
         plans = {}
         for step in steps:  # pre-flight every step whose inputs are all on the Hub: no weight bytes
