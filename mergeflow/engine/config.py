@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -380,6 +381,8 @@ def model_ref(value: Any, key: str) -> ModelRef:
         lora = _model_path(value["lora"], f"{key}.lora") if value.get("lora") is not None else None
         return ModelRef(model.path, model.revision, lora)
     if isinstance(value, str):
+        if _is_local_dir(value):  # a directory named ``x@y`` or ``a+b`` is that directory
+            return ModelRef(value, None)
         parts = value.split("+")
         if len(parts) > 2:
             raise ConfigError(key, f"expected MODEL or MODEL+LORA, with at most one '+' (got {value!r})")
@@ -399,10 +402,18 @@ def _model_path(value: Any, key: str) -> ModelRef:
         raise ConfigError(key, f"expected a model path or {{path, revision}} (got {value!r})")
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(key, f"expected a model path or Hub repo (got {value!r})")
+    if _is_local_dir(value):
+        return ModelRef(value, None)
     path, sep, revision = value.partition("@")
     if "@" in revision or (sep and not revision) or not path:
         raise ConfigError(key, f"expected PATH or PATH@REVISION (got {value!r})")
     return ModelRef(path, revision or None)
+
+
+def _is_local_dir(value: str) -> bool:
+    """An existing directory: its name is taken whole, never split at '@' or '+' (staging and
+    cluster paths often hold them, e.g. ``/scratch/user@lab``)."""
+    return Path(value).expanduser().is_dir()
 
 
 def parse_dtype(value: Any, key: str) -> torch.dtype | None:

@@ -65,3 +65,29 @@ def test_unknown_hub_repo_fails_offline_with_one_line(tmp_path):
     assert result.stderr.startswith("mergeflow merge: error: model org/missing@v2:")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_local_directories_named_with_at_and_plus_are_taken_whole(model_dir, tmp_path):
+    """``/scratch/user@lab/m+v2`` is a directory, not ``PATH@REVISION`` or ``MODEL+LORA``."""
+    import shutil
+
+    first = tmp_path / "user@lab" / "m1"
+    second = tmp_path / "m2+v2"
+    shutil.copytree(model_dir("m1"), first)
+    shutil.copytree(model_dir("m2"), second)
+    config = tmp_path / "merge.yml"
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {second}\n    parameters: {{weight: 0.0}}\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "mergeflow.cli", "merge", str(config), str(out), "--quiet"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    identities = [i["identity"] for i in json.loads((out / "provenance.json").read_text())["inputs"]]
+    assert identities == [str(first), str(second)]
+    merged, original = load_dir(out), load_dir(model_dir("m1"))
+    assert all(merged[name].equal(original[name]) for name in original)
