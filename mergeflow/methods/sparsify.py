@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from mergeflow.methods.introsort import sorted_window
+
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
     masked = delta * mask
@@ -30,15 +32,6 @@ def _sort_keys(delta: torch.Tensor) -> torch.Tensor:
     half-precision values break the same way."""
     keys = delta.abs().reshape(-1)
     return keys.float() if keys.device.type == "cpu" else keys
-
-
-def _argsort_consuming(keys: torch.Tensor, descending: bool) -> torch.Tensor:
-    """``torch.argsort(keys)`` by the same sort kernel from the same arrangement, so the same
-    order among ties, but sorting ``keys`` in place instead of a copy of them: 4 bytes less per
-    element at the peak. ``keys`` is overwritten."""
-    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
-    torch.sort(keys, descending=descending, out=(keys, order))
-    return order
 
 
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
@@ -77,9 +70,10 @@ def stable_rank_window(keys: torch.Tensor, start: int, stop: int) -> torch.Tenso
 def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = False) -> torch.Tensor:
     """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude.
 
-    Exact mode takes mergekit's unstable argsort, whose choice among equal magnitudes decides the
-    mask. ``fast`` selects the same count by threshold and, among entries equal to the threshold,
-    keeps the lowest flat indices (a stable sort's choice): same magnitudes kept, ties may differ.
+    Exact mode keeps the entries mergekit's unstable argsort puts first; its choice among equal
+    magnitudes decides the mask (:func:`sorted_window`). ``fast`` selects the same count by
+    threshold and, among entries equal to the threshold, keeps the lowest flat indices (a stable
+    sort's choice): same magnitudes kept, ties may differ.
     """
     if density >= 1:
         return delta
@@ -91,9 +85,7 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = F
         # A stable descending sort of the keys is a stable ascending sort of their negation.
         mask = stable_rank_window(keys.neg_(), 0, k).view(delta.shape).to(delta.dtype)
     else:
-        keep = _argsort_consuming(keys, descending=True)[:k]
-        mask = torch.zeros_like(delta)
-        mask.view(-1)[keep] = 1
+        mask = sorted_window(keys, 0, k, descending=True).view(delta.shape).to(delta.dtype)
     return _rescaled(delta, mask, rescale)
 
 
@@ -111,9 +103,7 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescal
     if fast:
         mask = stable_rank_window(keys, bottom, bottom + keep).view(delta.shape).to(delta.dtype)
     else:
-        order = _argsort_consuming(keys, descending=False)
-        mask = torch.zeros_like(delta)
-        mask.view(-1)[order[bottom : bottom + keep]] = 1
+        mask = sorted_window(keys, bottom, bottom + keep, descending=False).view(delta.shape).to(delta.dtype)
     return _rescaled(delta, mask, rescale)
 
 

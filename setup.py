@@ -1,0 +1,18 @@
+"""The optional native kernel; everything else is declared in pyproject.toml.
+
+``optional=True``: without a C compiler or Python headers the install still succeeds, and the
+exact sparsifiers fall back to torch's own sort (same masks, slower).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "mergeflow.methods._introsort",
+            ["mergeflow/methods/_introsort.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,104 @@
+"""The exact sort window: the same members as torch's own unstable sort, ties included."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mergeflow.methods import introsort
+
+native = pytest.mark.skipif(not introsort.native_matches_torch(), reason="the native kernel is not built here (no C compiler at install)")
+
+
+def _by_torch_sort(keys: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
+    order = torch.sort(keys, descending=descending).indices
+    inside = torch.zeros(keys.numel(), dtype=torch.bool)
+    inside[order[start:stop]] = True
+    return inside
+
+
+# Few distinct values (so ties straddle every boundary), NaNs, infinities and signed zeros.
+values = st.lists(st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 2.0, float("inf"), float("nan")]) | st.floats(width=32),
+                  min_size=0, max_size=3000)
+
+
+@native
+@settings(max_examples=300, deadline=None)
+@given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans())
+def test_window_has_the_members_torch_sort_puts_there(entries, a, b, descending):
+    keys = torch.tensor(entries, dtype=torch.float32)
+    start, stop = sorted((min(a, len(entries)), min(b, len(entries))))
+    expected = _by_torch_sort(keys, start, stop, descending)
+    assert torch.equal(introsort.sorted_window(keys.clone(), start, stop, descending), expected)
+
+
+@native
+@pytest.mark.parametrize("descending", [True, False])
+def test_bfloat16_magnitudes_of_a_large_tensor(descending):
+    generator = torch.Generator().manual_seed(5)
+    keys = (torch.randn(1 << 21, generator=generator) * 0.02).to(torch.bfloat16).float().abs()
+    n = keys.numel()
+    for start, stop in ((0, n // 10), (n // 4, n // 2), (0, n - 1)):
+        assert torch.equal(introsort.sorted_window(keys.clone(), start, stop, descending),
+                           _by_torch_sort(keys, start, stop, descending))
+
+
+def _median_of_three_killer(n: int) -> list[float]:
+    """An input on which introsort's quicksort phase degenerates (McIlroy's adversary, 1999): the
+    values are fixed lazily, during an ascending sort, so that every comparison goes against it."""
+    gas = float(n)
+    value = [gas] * n
+    state = {"solid": 0, "candidate": None}
+
+    def before(x: int, y: int) -> bool:
+        if value[x] == gas and value[y] == gas:
+            frozen = x if x == state["candidate"] else y
+            value[frozen] = float(state["solid"])
+            state["solid"] += 1
+        if value[x] == gas:
+            state["candidate"] = x
+        elif value[y] == gas:
+            state["candidate"] = y
+        return value[x] < value[y]
+
+    items = list(range(n))
+    ranges = [(0, n)]
+    while ranges:  # the partitions of the kernel (and of libstdc++'s introsort), without a depth limit
+        first, last = ranges.pop()
+        if last - first <= 16:
+            continue
+        a, b, c = first + 1, first + (last - first) // 2, last - 1
+        if before(items[a], items[b]):
+            median = b if before(items[b], items[c]) else c if before(items[a], items[c]) else a
+        else:
+            median = a if before(items[a], items[c]) else c if before(items[b], items[c]) else b
+        items[first], items[median] = items[median], items[first]
+        pivot, left, right = items[first], first + 1, last
+        while True:
+            while before(items[left], pivot):
+                left += 1
+            right -= 1
+            while before(pivot, items[right]):
+                right -= 1
+            if left >= right:
+                break
+            items[left], items[right] = items[right], items[left]
+            left += 1
+        ranges += [(first, left), (left, last)]
+    return value
+
+
+@native
+def test_an_input_past_introsorts_depth_limit_is_left_to_the_sort():
+    """Where introsort would switch to heapsort, the kernel gives up, puts every key back and
+    marks nothing; the window then comes from torch's sort."""
+    from mergeflow.methods import _introsort
+
+    keys = torch.tensor(_median_of_three_killer(400))
+    n = keys.numel()
+    copy, inside = keys.clone(), torch.zeros(n, dtype=torch.bool)
+    assert not _introsort.window(copy.data_ptr(), n, n // 2, n // 2 + 5, False, inside.data_ptr())
+    assert torch.equal(copy, keys) and not inside.any()
+    for descending in (True, False):
+        assert torch.equal(introsort.sorted_window(keys.clone(), n // 2, n // 2 + 5, descending),
+                           _by_torch_sort(keys, n // 2, n // 2 + 5, descending))
