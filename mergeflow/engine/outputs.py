@@ -103,7 +103,8 @@ def is_hub_reference(ref: ModelRef) -> bool:
     return not path.startswith(("/", "~", ".")) and path.count("/") <= 1 and not Path(path).exists()
 
 
-def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodSpec) -> None:
+def model_card(title: str, config: MergeConfig, method: MethodSpec) -> str:
+    """The merge's README.md: it depends on the config alone, so it is rendered while the merge runs."""
     from mergeflow.engine.card import CardContent, render
 
     refs = config.referenced_models()
@@ -131,7 +132,7 @@ def write_model_card(out: Path, title: str, config: MergeConfig, method: MethodS
         licenses=[_local_license(r) for r in refs],
         usage_repo=title,
     )
-    (out / "README.md").write_text(render(content))
+    return render(content)
 
 
 def _local_license(ref: ModelRef) -> str | None:

@@ -21,7 +21,7 @@ from mergeflow.engine.execute import execute
 from mergeflow.engine import outdir
 from mergeflow.engine.layouts import convert_layout
 from mergeflow.engine.lora import apply_adapter
-from mergeflow.engine.outputs import write_model_card, write_model_config, write_provenance, write_tokenizer
+from mergeflow.engine.outputs import model_card, write_model_config, write_provenance, write_tokenizer
 from mergeflow.engine.plan import build_plan, donor
 from mergeflow.engine.ranges import check_values
 from mergeflow.engine.references import file_sha256, identity, resolve_model
@@ -74,9 +74,10 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         log.info("no --random-seed given; using seed %d (recorded in provenance.json)", seed)
 
     stop = threading.Event()
-    hasher = ThreadPoolExecutor(1, "mergeflow-hash")
+    beside = ThreadPoolExecutor(2, "mergeflow-beside")  # what needs no merged tensor runs while the math does
     try:
-        inputs = hasher.submit(input_records, paths, checkpoints, stop, adapters)  # hashes while the merge runs
+        inputs = beside.submit(input_records, paths, checkpoints, stop, adapters)
+        card = beside.submit(model_card, out.name, config, method) if options.write_model_card else None
         with outdir.guarded_output(out, sum(slot.nbytes for slot in plan.slots)) as staging:
             writer = ShardWriter(staging, plan.slots, options.out_shard_size)
             with _torch_threads(options.num_threads):
@@ -90,8 +91,8 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
                     staging, built.tokenizer if built else None, template, config, donor_checkpoint.path,
                     options.copy_tokenizer,
                 )
-                if options.write_model_card:
-                    write_model_card(staging, out.name, config, method)
+                if card is not None:
+                    (staging / "README.md").write_text(card.result())
                     (staging / "mergekit_config.yml").write_text(config.text)
                 record = _provenance(config, seed, options, inputs.result(), writer.tensor_sha256)
                 write_provenance(staging, record)
@@ -100,7 +101,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
         return record
     finally:
         stop.set()  # an interrupted merge does not wait for the inputs' hashes
-        hasher.shutdown(wait=True, cancel_futures=True)
+        beside.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

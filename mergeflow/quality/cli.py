@@ -181,7 +181,7 @@ WORKFLOW_ONLY = "Run by the workflow; by hand only to redo one step."
 
 def register(subparsers) -> None:
     """Add this area's subcommands; each sets ``func`` to a callable taking the parsed args."""
-    from mergeflow.quality.statistics import DEFAULT_LEVEL
+    from mergeflow.quality.defaults import DEFAULT_LEVEL
     from mergeflow.quality.suites import SUITES
 
     p = subparsers.add_parser(

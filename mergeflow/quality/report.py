@@ -19,7 +19,7 @@ from mergeflow.quality.files import write_atomic
 from mergeflow.quality.manifest import ReportInputs, collect, load_manifest
 from mergeflow.quality.metrics import metrics_table
 from mergeflow.quality.plots import node_groups, plot_filename, plot_task
-from mergeflow.quality.statistics import DEFAULT_LEVEL
+from mergeflow.quality.defaults import DEFAULT_LEVEL
 from mergeflow.quality.view import Report
 
 TEMPLATE = "report.html.j2"

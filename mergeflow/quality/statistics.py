@@ -40,10 +40,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from mergeflow.quality.defaults import DEFAULT_LEVEL
 from mergeflow.quality.metrics import improvement
 from mergeflow.quality.samples import AGGREGATIONS, Items, items_of
 
-DEFAULT_LEVEL = 0.95
 BOOTSTRAP = 2000
 PERMUTATIONS = 2000
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from mergeflow.quality.formatting import fmt_value, level_text
 from mergeflow.quality.manifest import collect, load_manifest
 from mergeflow.quality.metrics import metrics_table
-from mergeflow.quality.statistics import DEFAULT_LEVEL
+from mergeflow.quality.defaults import DEFAULT_LEVEL
 from mergeflow.quality.texts import gate_words
 from mergeflow.quality.verdicts import base_step, not_run_reason, overall
 from mergeflow.quality.view import Report

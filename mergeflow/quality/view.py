@@ -21,7 +21,8 @@ from mergeflow.quality.gate import parse_gate
 from mergeflow.quality.lineage import layout
 from mergeflow.quality.manifest import Node, ReportInputs
 from mergeflow.quality.metrics import direction, lookup, split_spec
-from mergeflow.quality.statistics import DEFAULT_LEVEL, METHODS, compare_pairs
+from mergeflow.quality.defaults import DEFAULT_LEVEL
+from mergeflow.quality.statistics import METHODS, compare_pairs
 from mergeflow.quality.texts import (
     STATUS_CSS,
     anchor,
