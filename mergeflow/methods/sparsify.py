@@ -4,12 +4,15 @@ Each one keeps a ``density`` fraction of a delta and, when asked, rescales what 
 its L1 norm matches the original: mergekit preserves the L1 norm rather than dividing by the
 keep probability.
 
-The random ones (DARE, DELLA) come in two parts, the keep probabilities and the masked delta
-drawn from them (:func:`masked_draw`), so that a caller can compute the expensive, deterministic
-part of several tensors at once and still draw their masks in order.
+The random ones (DARE, DELLA) come in three parts: the keep probabilities, the draw
+(:func:`masked_draw`) and the step that applies it, so that a caller can compute the expensive,
+deterministic parts of several tensors at once and still draw their masks in order.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 
@@ -108,9 +111,9 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescal
 
 
 def bernoulli_probabilities(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """DARE's keep probabilities: ``density`` everywhere, in the working dtype (so a bfloat16
-    density is rounded first, as in mergekit)."""
-    return torch.full_like(delta, density, dtype=_work_dtype(delta))
+    """DARE's keep probability, the same for every entry: ``density`` as a 0-dim tensor in the
+    working dtype (so a bfloat16 density is rounded first, as in mergekit)."""
+    return torch.tensor(density, dtype=_work_dtype(delta), device=delta.device)
 
 
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -139,19 +142,55 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     return (density - epsilon) + ranks * 2 * epsilon
 
 
-def masked_draw(delta: torch.Tensor, probabilities: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """Draw a keep mask from ``probabilities`` with torch's global generator (one call, so the
-    caller's order fixes the stream), apply it to ``delta`` and L1-rescale."""
-    mask = torch.bernoulli(probabilities)
-    x = delta.to(probabilities.dtype).reshape(probabilities.shape)
-    return _rescaled(x, mask, rescale).to(delta.dtype).reshape(delta.shape)
+def masked_draw(delta: torch.Tensor, probabilities: torch.Tensor, rescale: bool) -> Callable[[], torch.Tensor]:
+    """Draw a keep mask from ``probabilities`` with torch's global generator, the only part that
+    must run in the caller's (plan) order; returns the step that applies it to ``delta`` and
+    L1-rescales, which draws nothing and may run concurrently with other tensors' draws.
+
+    On CPU ``torch.bernoulli`` keeps an entry when one float32 uniform, drawn in entry order,
+    is below its probability: drawing those uniforms (``torch.rand``) consumes the same stream
+    and is faster. Where that has not been checked to hold, the mask itself is drawn. A 0-dim
+    ``probabilities`` applies to every entry of ``delta``."""
+    shape = probabilities.shape if probabilities.dim() else delta.shape
+    if probabilities.device.type == "cpu" and uniforms_match_bernoulli():
+        uniforms = torch.rand(shape, dtype=torch.float32)
+
+        def keep() -> torch.Tensor:
+            return uniforms < probabilities.float()
+    else:
+        mask = torch.bernoulli(probabilities.expand(shape).contiguous())
+
+        def keep() -> torch.Tensor:
+            return mask
+
+    def apply() -> torch.Tensor:
+        x = delta.to(probabilities.dtype).reshape(shape)
+        return _rescaled(x, keep(), rescale).to(delta.dtype).reshape(delta.shape)
+
+    return apply
+
+
+@functools.cache
+def uniforms_match_bernoulli() -> bool:
+    """Whether this torch's CPU ``bernoulli`` keeps exactly the entries whose ``rand`` uniform is
+    below the probability, consuming the generator alike (probability dtypes of DARE and DELLA,
+    lengths around vector widths and a large one)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        for n in (1, 15, 16, 17, 1023, 200_003):
+            probabilities = torch.linspace(0, 1, n).to(dtype)
+            by_bernoulli, by_uniforms = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+            mask = torch.bernoulli(probabilities, generator=by_bernoulli)
+            kept = torch.rand(n, generator=by_uniforms) < probabilities.float()
+            if not torch.equal(mask.bool(), kept) or not torch.equal(by_bernoulli.get_state(), by_uniforms.get_state()):
+                return False
+    return True
 
 
 def bernoulli(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     """DARE: drop each entry independently with probability ``1 - density``."""
     if density >= 1:
         return delta
-    return masked_draw(delta, bernoulli_probabilities(delta, density), rescale)
+    return masked_draw(delta, bernoulli_probabilities(delta, density), rescale)()
 
 
 def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale: bool):
@@ -160,4 +199,4 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, rescale:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
-    return masked_draw(delta, della_probabilities(delta, density, epsilon), rescale)
+    return masked_draw(delta, della_probabilities(delta, density, epsilon), rescale)()

@@ -19,14 +19,16 @@ from .common import fail, majority_sign_mask, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 
-Drawn = Callable[[], torch.Tensor]
+# In plan order: draw a delta's random mask; returns the step that applies it (no draws there).
+Drawn = Callable[[], Callable[[], torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Sparsifier:
     """Either ``prune`` (deterministic: delta, params, rescale, fast -> sparse delta) or, for the
-    random ones, ``prepare`` (delta, params, rescale -> the step that draws the mask and returns
-    the sparse delta); ``prepare`` does the expensive deterministic part and draws nothing."""
+    random ones, ``prepare`` (delta, params, rescale -> the step that draws the mask, which
+    returns the step that makes the sparse delta); ``prepare`` does the expensive deterministic
+    part and draws nothing."""
 
     prune: Callable[[torch.Tensor, Mapping[str, Any], bool, bool], torch.Tensor] | None = None
     prepare: Callable[[torch.Tensor, Mapping[str, Any], bool], Drawn] | None = None
@@ -35,16 +37,16 @@ class Sparsifier:
 def _prepare_dare(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> Drawn:
     density = params["density"]
     if density >= 1:
-        return lambda: delta
+        return lambda: lambda: delta
     return lambda: sparsify.masked_draw(delta, sparsify.bernoulli_probabilities(delta, density), rescale)
 
 
 def _prepare_della(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool) -> Drawn:
     density = params["density"]
     if density >= 1:
-        return lambda: delta
+        return lambda: lambda: delta
     if density <= 0:
-        return lambda: torch.zeros_like(delta)
+        return lambda: lambda: torch.zeros_like(delta)
     probabilities = sparsify.della_probabilities(delta, density, params["epsilon"])
     return lambda: sparsify.masked_draw(delta, probabilities, rescale)
 
@@ -60,7 +62,8 @@ DELLA = Sparsifier(prepare=_prepare_della)
 def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier | None, rescale: bool) -> list[torch.Tensor]:
     """Each model's delta, sparsified. mergekit sparsifies each delta right after computing it, in
     config order; only the order of the random draws matters, so the deterministic part (DELLA's
-    rank sorts) is done for every model first and the masks are drawn after, in one ordered block."""
+    rank sorts) is done for every model first, the masks are drawn after, in one ordered block,
+    and applied once the block is left."""
     deltas = [tensor - base for tensor in inputs.others]
     if sparsifier is None:
         return deltas
@@ -71,10 +74,12 @@ def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier 
     except ValueError as exc:
         raise fail(inputs, str(exc)) from exc
     del deltas
-    sparse = []
     with inputs.random_draws():
-        while steps:
-            sparse.append(steps.pop(0)())  # each original delta is freed once it is drawn
+        applies = [draw() for draw in steps]
+    del steps
+    sparse = []
+    while applies:
+        sparse.append(applies.pop(0)())  # each delta, its probabilities and its draw freed in turn
     return sparse
 
 

@@ -76,24 +76,17 @@ def test_bernoulli_mask_is_drawn_like_mergekit():
     assert torch.equal(out, (delta.float() * mask).half())
 
 
-def test_della_probabilities_rise_linearly_with_magnitude_rank(monkeypatch):
-    seen = []
-
-    def keep_all(probs):
-        seen.append(probs)
-        return torch.ones_like(probs)
-
-    monkeypatch.setattr(torch, "bernoulli", keep_all)
+def test_della_probabilities_rise_linearly_with_magnitude_rank():
     delta = torch.tensor([[3.0, -1.0, 5.0, 2.0, -4.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    out = sparsify.della_magprune(delta, density=0.5, epsilon=0.1, rescale=False)
-    assert torch.equal(out, delta)
     expected = torch.tensor([[0.5, 0.4, 0.6, 0.45, 0.55], [0.4, 0.45, 0.5, 0.55, 0.6]])
-    assert torch.allclose(seen[0], expected)
+    assert torch.allclose(sparsify.della_probabilities(delta, density=0.5, epsilon=0.1), expected)
 
 
 def test_della_vector_is_one_row(monkeypatch):
+    delta = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.allclose(sparsify.della_probabilities(delta, 0.5, 0.1), torch.tensor([[0.4, 0.5, 0.6]]))
+    monkeypatch.setattr(sparsify, "uniforms_match_bernoulli", lambda: False)  # draw through bernoulli
     monkeypatch.setattr(torch, "bernoulli", lambda p: (p > 0.5).to(p.dtype))
-    delta = torch.tensor([1.0, 2.0, 3.0])  # probabilities 0.4, 0.5, 0.6
     out = sparsify.della_magprune(delta, density=0.5, epsilon=0.1, rescale=True)
     assert torch.allclose(out, torch.tensor([0.0, 0.0, 6.0]))  # L1 6 moved onto the survivor
 
@@ -145,3 +138,24 @@ def test_della_ranks_are_a_second_argsort_in_every_rank_of_tensor(shape):
     low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     expected = 0.4 + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * 0.1
     assert torch.equal(sparsify.della_probabilities(delta, 0.5, 0.1), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("della", [False, True])
+def test_drawing_uniforms_gives_bernoullis_masks_and_leaves_the_generator_alike(monkeypatch, dtype, della):
+    """The fast draw (uniforms in plan order, comparisons after) against torch.bernoulli itself."""
+    assert sparsify.uniforms_match_bernoulli()
+    delta = torch.randn(3, 1000, dtype=dtype) if della else torch.randn(5003, dtype=dtype)
+
+    def run():
+        torch.manual_seed(11)
+        probabilities = (sparsify.della_probabilities(delta, 0.4, 0.1) if della
+                         else sparsify.bernoulli_probabilities(delta, 0.4))
+        out = sparsify.masked_draw(delta, probabilities, rescale=True)()
+        return out, torch.rand(4)
+
+    fast, after_fast = run()
+    monkeypatch.setattr(sparsify, "uniforms_match_bernoulli", lambda: False)
+    slow, after_slow = run()
+    assert fast.dtype == dtype and torch.equal(fast.view(torch.uint8), slow.view(torch.uint8))
+    assert torch.equal(after_fast, after_slow)
