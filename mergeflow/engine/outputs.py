@@ -103,7 +103,7 @@ def is_hub_reference(ref: ModelRef) -> bool:
     return not path.startswith(("/", "~", ".")) and path.count("/") <= 1 and not Path(path).exists()
 
 
-def model_card(title: str, config: MergeConfig, method: MethodSpec) -> str:
+def merge_card(title: str, config: MergeConfig, method: MethodSpec) -> str:
     """The merge's README.md: it depends on the config alone, so it is rendered while the merge runs."""
     from mergeflow.engine.card import CardContent, render
 

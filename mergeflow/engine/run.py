@@ -21,7 +21,7 @@ from mergeflow.engine.execute import execute
 from mergeflow.engine import outdir
 from mergeflow.engine.layouts import convert_layout
 from mergeflow.engine.lora import apply_adapter
-from mergeflow.engine.outputs import model_card, write_model_config, write_provenance, write_tokenizer
+from mergeflow.engine.outputs import merge_card, write_model_config, write_provenance, write_tokenizer
 from mergeflow.engine.plan import build_plan, donor
 from mergeflow.engine.ranges import check_values
 from mergeflow.engine.references import file_sha256, identity, resolve_model
@@ -77,7 +77,7 @@ def run_merge(config_text: str, out: Path, options: MergeOptions) -> dict:
     beside = ThreadPoolExecutor(2, "mergeflow-beside")  # what needs no merged tensor runs while the math does
     try:
         inputs = beside.submit(input_records, paths, checkpoints, stop, adapters)
-        card = beside.submit(model_card, out.name, config, method) if options.write_model_card else None
+        card = beside.submit(merge_card, out.name, config, method) if options.write_model_card else None
         with outdir.guarded_output(out, sum(slot.nbytes for slot in plan.slots)) as staging:
             writer = ShardWriter(staging, plan.slots, options.out_shard_size)
             with _torch_threads(options.num_threads):

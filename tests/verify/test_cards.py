@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from mergeflow.engine.config import parse_config
-from mergeflow.engine.outputs import write_model_card
+from mergeflow.engine.outputs import merge_card
 from mergeflow.methods import get_method
 from mergeflow.pipeline.upload import model_card
 
@@ -22,7 +22,7 @@ def test_engine_card_metadata_and_method_sentence(tmp_path):
         "  - model: org/a@abc123\n    parameters: {weight: 0.5, density: 0.5}\n"
         "  - model: org/b\n    parameters: {weight: 0.5, density: 0.5}\n"
     )
-    write_model_card(tmp_path, "my-merge", config, get_method("ties"))
+    (tmp_path / "README.md").write_text(merge_card("my-merge", config, get_method("ties")))
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model == ["org/a", "org/b", "org/base"]
     assert card.data.base_model_relation == "merge" and card.data.library_name == "transformers"
@@ -36,8 +36,7 @@ def test_engine_card_metadata_and_method_sentence(tmp_path):
 
 def test_engine_card_names_no_base_for_a_method_without_one(tmp_path):
     config = parse_config("merge_method: linear\nmodels:\n  - model: org/a\n    parameters: {weight: 1.0}\n")
-    write_model_card(tmp_path, "m", config, get_method("linear"))
-    assert "merge method." in (tmp_path / "README.md").read_text()
+    assert "merge method." in merge_card("m", config, get_method("linear"))
 
 
 def test_upload_card_has_model_index_lineage_and_pinned_commits(tmp_path, monkeypatch):
