@@ -21,7 +21,7 @@ from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
 from mergeflow.engine.views import replay_draws
 from mergeflow.engine.vocabulary import remap_vocabulary
-from mergeflow.engine.scheduling import MemoryBudget, PlanOrderTurns
+from mergeflow.engine.scheduling import HeldTensors, MemoryBudget, PlanOrderTurns
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
 
@@ -49,9 +49,10 @@ def execute(
     write the results in plan order.
 
     One helper thread reads inputs in plan order and one writes results behind the math; at most
-    ``workers + 1`` tasks are in flight (read or being merged) plus one being written. Tasks start
-    in plan order, and only while the tasks running fit in the working set of the plan's largest
-    task, so the largest tensor is merged alone and peak memory does not grow with ``workers``.
+    ``workers + 1`` tasks are in flight (read or being merged) plus one being written. Tasks are
+    read, and start, in plan order, and only while the tensors held (inputs read, and results not
+    yet written) and the tasks running fit in the working set of the plan's largest task, so the
+    largest tensor is read, merged and written alone and peak memory does not grow with ``workers``.
     The seed is set once, as mergekit does; each merge draws its random numbers in one block that
     waits for every earlier task's draws, so the random stream is consumed in plan order and the
     masks are mergekit's whatever the number of workers. On an accelerator the math runs on one
@@ -65,11 +66,17 @@ def execute(
     tasks = plan.tasks
     costs = [_cost(task) for task in tasks]
     budget = MemoryBudget(max(costs, default=0))
+    held = HeldTensors(max(costs, default=0))
     draws = PlanOrderTurns()
 
-    def read(task: TensorTask) -> list[torch.Tensor]:
-        tensors = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
-        return tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
+    def read(index: int, task: TensorTask) -> list[torch.Tensor]:
+        held.hold(costs[index])
+        try:
+            tensors = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
+            return tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
+        except BaseException:
+            held.release(costs[index])
+            raise
 
     def merge(index: int, task: TensorTask, inputs: Future) -> torch.Tensor:
         try:
@@ -83,6 +90,9 @@ def execute(
                 result = _merge_one(task, loaded, method, math_device, partial(draws.turn, index), fast_sparsify)
                 del loaded
                 return result.to("cpu").to(task.out_dtype).contiguous()
+        except BaseException:
+            held.release(costs[index])  # otherwise released once its result is written
+            raise
         finally:
             draws.end(index)
 
@@ -90,7 +100,7 @@ def execute(
     pool = ThreadPoolExecutor(workers, "mergeflow-merge")
     saver = ThreadPoolExecutor(1, "mergeflow-write")
     try:
-        in_flight: deque[tuple[TensorTask, Future]] = deque()
+        in_flight: deque[tuple[int, TensorTask, Future]] = deque()
         written: Future | None = None
         # A bar on a terminal; in a log file (a workflow job) a line at each quarter instead.
         bar = tqdm(total=len(tasks), desc="merging", unit="tensor", disable=not progress or not sys.stderr.isatty())
@@ -99,12 +109,12 @@ def execute(
 
         def write_oldest() -> None:
             nonlocal written, started
-            task, merged = in_flight.popleft()
+            index, task, merged = in_flight.popleft()
             result = merged.result()
             if written is not None:
                 written.result()
             written = saver.submit(writer.write, task.output_name, result)
-            written.add_done_callback(lambda _: bar.update())
+            written.add_done_callback(lambda _: (held.release(costs[index]), bar.update()))
             started += 1
             if started in quarters:
                 print(f"mergeflow merge: merged {started} of {len(tasks)} tensors", file=sys.stderr, flush=True)
@@ -112,13 +122,14 @@ def execute(
         for index, task in enumerate(tasks):
             if len(in_flight) > workers:
                 write_oldest()
-            in_flight.append((task, pool.submit(merge, index, task, reader.submit(read, task))))
+            in_flight.append((index, task, pool.submit(merge, index, task, reader.submit(read, index, task))))
         while in_flight:
             write_oldest()
         if written is not None:
             written.result()
         bar.close()
     finally:
+        held.close()  # an abandoned merge must not leave the reader waiting for memory
         for executor in (reader, pool, saver):
             executor.shutdown(wait=True, cancel_futures=True)
     writer.finish()

@@ -77,3 +77,35 @@ class MemoryBudget:
     def skip(self, index: int) -> None:
         """Task ``index`` ended before it started (its read failed); later tasks may start."""
         self._order.end(index)
+
+
+class HeldTensors:
+    """Bounds the tasks whose tensors are held in memory, from reading their inputs until their
+    result is written: the (single, plan-order) reader waits before reading a task while those
+    held and its own would exceed ``limit``; a task is always read when nothing is held. Without
+    it the next large tensor's inputs would be read while the largest is merged or written,
+    adding their bytes to the peak.
+
+    Merges and writes only wait for tasks already read, so the reader waiting for them cannot
+    deadlock; ``close`` releases a waiting reader when the merge is abandoned."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._changed = threading.Condition()
+        self._used = 0
+        self._closed = False
+
+    def hold(self, cost: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._used == 0 or self._used + cost <= self._limit)
+            self._used += cost
+
+    def release(self, cost: int) -> None:
+        with self._changed:
+            self._used -= cost
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mergeflow.engine.scheduling import MemoryBudget, PlanOrderTurns
+from mergeflow.engine.scheduling import HeldTensors, MemoryBudget, PlanOrderTurns
 
 
 def test_turns_are_taken_in_plan_order_and_tasks_without_one_let_the_next_through():
@@ -65,3 +65,23 @@ def test_a_task_that_never_starts_does_not_block_the_next():
     budget.skip(0)
     with budget.running(1, 5):
         pass
+
+
+def test_held_tensors_keep_a_large_task_from_being_read_beside_another_until_released():
+    held = HeldTensors(10)
+    held.hold(10)  # the largest task, read and not yet written
+    reader = ThreadPoolExecutor(1)
+    read = reader.submit(held.hold, 10)  # the next large one waits
+    time.sleep(0.05)
+    assert not read.done()
+    held.release(10)
+    read.result(timeout=5)
+    held.hold(0)  # a task that fits is read at once
+    held.release(10)
+    held.hold(4), held.hold(6)  # small ones together, up to the limit
+    blocked = reader.submit(held.hold, 1)
+    time.sleep(0.05)
+    assert not blocked.done()
+    held.close()  # an abandoned merge frees the waiting reader
+    blocked.result(timeout=5)
+    reader.shutdown()
