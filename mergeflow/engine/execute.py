@@ -21,7 +21,7 @@ from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
 from mergeflow.engine.views import replay_draws
 from mergeflow.engine.vocabulary import remap_vocabulary
-from mergeflow.engine.scheduling import HeldTensors, MemoryBudget, PlanOrderTurns
+from mergeflow.engine.scheduling import CostLimit, MemoryBudget, PlanOrderTurns
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
 
@@ -66,7 +66,11 @@ def execute(
     tasks = plan.tasks
     costs = [_cost(task) for task in tasks]
     budget = MemoryBudget(max(costs, default=0))
-    held = HeldTensors(max(costs, default=0))
+    # Tasks whose tensors are in memory, from reading their inputs until their result is written:
+    # the (single, plan-order) reader waits for room, so the next large tensor is not read while
+    # the largest is merged or written. Merges and writes only wait for tasks already read, so
+    # that wait cannot deadlock.
+    held = CostLimit(max(costs, default=0))
     draws = PlanOrderTurns()
 
     def read(index: int, task: TensorTask) -> list[torch.Tensor]:

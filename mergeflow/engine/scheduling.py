@@ -49,45 +49,11 @@ class PlanOrderTurns:
             self._changed.notify_all()
 
 
-class MemoryBudget:
-    """Starts tasks in plan order while the costs of those running fit ``limit``.
+class CostLimit:
+    """Admits work while the costs of what it holds fit ``limit``; something always fits when
+    nothing is held, so with ``limit`` set to the largest task's cost the largest is held alone.
 
-    A task always starts when nothing else runs, so with ``limit`` set to the largest task's cost
-    the largest task runs alone and smaller ones share the workers.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._changed = threading.Condition()
-        self._used = 0
-        self._order = PlanOrderTurns()
-
-    @contextmanager
-    def running(self, index: int, cost: int) -> Iterator[None]:
-        with self._order.turn(index), self._changed:
-            self._changed.wait_for(lambda: self._used == 0 or self._used + cost <= self._limit)
-            self._used += cost
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._used -= cost
-                self._changed.notify_all()
-
-    def skip(self, index: int) -> None:
-        """Task ``index`` ended before it started (its read failed); later tasks may start."""
-        self._order.end(index)
-
-
-class HeldTensors:
-    """Bounds the tasks whose tensors are held in memory, from reading their inputs until their
-    result is written: the (single, plan-order) reader waits before reading a task while those
-    held and its own would exceed ``limit``; a task is always read when nothing is held. Without
-    it the next large tensor's inputs would be read while the largest is merged or written,
-    adding their bytes to the peak.
-
-    Merges and writes only wait for tasks already read, so the reader waiting for them cannot
-    deadlock; ``close`` releases a waiting reader when the merge is abandoned."""
+    ``close`` admits every waiter at once, for a merge that is being abandoned."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -109,3 +75,28 @@ class HeldTensors:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+
+
+class MemoryBudget:
+    """Starts tasks in plan order while the costs of those running fit ``limit``.
+
+    A task always starts when nothing else runs, so with ``limit`` set to the largest task's cost
+    the largest task runs alone and smaller ones share the workers.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._running = CostLimit(limit)
+        self._order = PlanOrderTurns()
+
+    @contextmanager
+    def running(self, index: int, cost: int) -> Iterator[None]:
+        with self._order.turn(index):
+            self._running.hold(cost)
+        try:
+            yield
+        finally:
+            self._running.release(cost)
+
+    def skip(self, index: int) -> None:
+        """Task ``index`` ended before it started (its read failed); later tasks may start."""
+        self._order.end(index)

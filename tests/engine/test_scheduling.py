@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mergeflow.engine.scheduling import HeldTensors, MemoryBudget, PlanOrderTurns
+from mergeflow.engine.scheduling import CostLimit, MemoryBudget, PlanOrderTurns
 
 
 def test_turns_are_taken_in_plan_order_and_tasks_without_one_let_the_next_through():
@@ -67,8 +67,8 @@ def test_a_task_that_never_starts_does_not_block_the_next():
         pass
 
 
-def test_held_tensors_keep_a_large_task_from_being_read_beside_another_until_released():
-    held = HeldTensors(10)
+def test_cost_limit_keeps_a_large_task_from_being_read_beside_another_until_released():
+    held = CostLimit(10)
     held.hold(10)  # the largest task, read and not yet written
     reader = ThreadPoolExecutor(1)
     read = reader.submit(held.hold, 10)  # the next large one waits
