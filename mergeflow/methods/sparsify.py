@@ -130,16 +130,18 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     if x.dim() == 1:
         x = x.unsqueeze(0)
     order = torch.argsort(x.abs(), dim=1)
-    # mergekit ranks with a second argsort; the ranks are the inverse permutation of ``order``,
-    # which a scatter gives exactly, without sorting again.
-    # (The positions run along dim 1 whatever the rank: fused expert tensors are 3-D.)
-    shape = [1, order.shape[1]] + [1] * (order.dim() - 2)
-    positions = torch.arange(order.shape[1], device=order.device).view(shape).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(1, order, positions).to(work) + 1
-    low = ranks.min(dim=1, keepdim=True).values
-    high = ranks.max(dim=1, keepdim=True).values
-    ranks = ((ranks - low) / (high - low)).clamp(0, 1)
-    return (density - epsilon) + ranks * 2 * epsilon
+    # mergekit ranks with a second argsort and maps each rank to a probability, element by
+    # element. The ranks of a row are a permutation of 1..width, so the same operations on
+    # that one vector give every probability a row can hold (bit for bit: they are elementwise,
+    # and the row minimum and maximum are its first and last entry), and one scatter puts them
+    # in place, without a second sort. (The positions run along dim 1 whatever the rank: fused
+    # expert tensors are 3-D.)
+    width = order.shape[1]
+    ranks = torch.arange(width, device=order.device).to(work) + 1
+    ranks = ((ranks - ranks.min()) / (ranks.max() - ranks.min())).clamp(0, 1)
+    by_rank = (density - epsilon) + ranks * 2 * epsilon
+    by_rank = by_rank.view([1, width] + [1] * (order.dim() - 2)).expand_as(order)
+    return torch.empty(order.shape, dtype=work, device=order.device).scatter_(1, order, by_rank)
 
 
 def masked_draw(delta: torch.Tensor, probabilities: torch.Tensor, rescale: bool) -> Callable[[], torch.Tensor]:
@@ -156,7 +158,7 @@ def masked_draw(delta: torch.Tensor, probabilities: torch.Tensor, rescale: bool)
         uniforms = torch.rand(shape, dtype=torch.float32)
 
         def keep() -> torch.Tensor:
-            return uniforms < probabilities.float()
+            return uniforms < probabilities  # compared in float32, uncopied
     else:
         mask = torch.bernoulli(probabilities.expand(shape).contiguous())
 

@@ -128,16 +128,38 @@ def test_fast_selection_keeps_the_same_magnitudes_and_breaks_ties_by_index(dtype
     assert torch.equal(sparsify.magnitude(delta, 0.3, False, fast=True) != 0, stable_top & (delta != 0))
 
 
-@pytest.mark.parametrize("shape", [(7,), (5, 9), (3, 6, 4)])
-def test_della_ranks_are_a_second_argsort_in_every_rank_of_tensor(shape):
-    """The inverse permutation equals mergekit's argsort-of-argsort along dim 1, also for the 3-D
-    fused expert tensors of MoE checkpoints."""
-    delta = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    x = delta.unsqueeze(0) if delta.dim() == 1 else delta
-    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).float() + 1
+def _mergekit_della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """§8.5 as written: ranks from a second argsort, mapped element by element in the working dtype."""
+    work = sparsify._work_dtype(delta)
+    x = delta.to(work)
+    x = x.unsqueeze(0) if x.dim() == 1 else x
+    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).to(work) + 1
     low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
-    expected = 0.4 + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * 0.1
-    assert torch.equal(sparsify.della_probabilities(delta, 0.5, 0.1), expected)
+    return (density - epsilon) + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * epsilon
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    shape=st.sampled_from([(7,), (5, 9), (3, 6, 4), (2, 300), (3, 1000), (1, 3000), (4, 1), (1,)]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    levels=st.sampled_from([3, 50, None]),
+    seed=st.integers(0, 2**16),
+    density=st.sampled_from([0.5, 0.3, 0.77]),
+)
+def test_della_probabilities_are_mergekits_bit_for_bit(shape, dtype, levels, seed, density):
+    """One rank-to-probability vector scattered into place equals mergekit's argsort of argsort
+    mapped per element: in bfloat16 (ranks above 256 round), with ties (few magnitude levels),
+    for vectors, 3-D fused expert tensors and one-column rows (0/0: NaN, as in mergekit)."""
+    generator = torch.Generator().manual_seed(seed)
+    delta = torch.randn(shape, generator=generator)
+    if levels is not None:
+        delta = torch.randint(-levels, levels + 1, shape, generator=generator) / levels
+    delta = delta.to(dtype)
+    expected = _mergekit_della_probabilities(delta, density, 0.1)
+    got = sparsify.della_probabilities(delta, density, 0.1)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got.isnan(), expected.isnan())  # a NaN's payload decides no draw
+    assert torch.equal(got.nan_to_num(-1), expected.nan_to_num(-1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
