@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from mergeflow import __version__
@@ -28,8 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. As a process of its own (no ``argv``), it freezes what is left for the
+    collector when the command ends: the interpreter's final collection over torch's objects
+    otherwise adds about a second to every command's exit (measured on 2 cores)."""
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    finally:
+        if argv is None:
+            gc.freeze()
 
 
 if __name__ == "__main__":
