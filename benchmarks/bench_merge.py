@@ -13,8 +13,8 @@ figures in the README come from here.
     python benchmarks/bench_merge.py --preset llama-7b --workdir /big/disk   # the 7B-class proof
 
 ``--preset llama-7b`` builds two Llama-7B-shaped inputs (hidden 4096, intermediate 11008, 32
-layers, vocab 32000: 13.5 GB each in bf16) and runs mergeflow alone (exact, and --fast-sparsify for ties), once, with linear and ties:
-it needs about 45 GB of free disk under --workdir (inputs and one output at a time).
+layers, vocab 32000: 13.5 GB each in bf16) and runs the floor and mergeflow (exact), once, with linear and
+ties: it needs about 45 GB of free disk under --workdir (inputs and one output at a time).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-PRESETS = {"llama-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=32000, models=2, methods=["linear", "ties"], tools=["mergeflow", "fast"], repeats=1)}
+PRESETS = {"llama-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=32000, models=2, methods=["linear", "ties"], tools=["floor", "mergeflow"], repeats=1)}
 GTA_PARAMS = {"ties": "", "dare_ties": "", "della": ", epsilon: 0.1", "breadcrumbs_ties": ", gamma: 0.01"}
 FAST = {"ties", "breadcrumbs_ties"}  # the methods --fast-sparsify changes
 # Each run in a fresh process, so that ru_maxrss is that run's alone.

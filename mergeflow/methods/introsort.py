@@ -6,6 +6,11 @@ introsort, and the native kernel (``_introsort.c``) replays only the partitions 
 inside the window: the same members, without sorting the rest. It is used only after it has
 matched torch's kernel on tie-heavy probes in this process; otherwise (no compiler at install, an
 accelerator, a torch whose CPU sort changed) the window comes from torch's sort itself.
+
+DELLA's row sorts of magnitudes on CPU run on the keys' bit patterns read as integers
+(:func:`argsort_magnitudes`): for non-negative floats that order is the same, comparison for
+comparison, so torch's introsort makes the same moves and leaves ties in the same order, and it
+skips the NaN tests of its float comparisons, in about 0.6 of the time.
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ def sorted_window(keys: torch.Tensor, start: int, stop: int, descending: bool) -
         if _introsort.window(keys.data_ptr(), keys.numel(), start, stop, descending, inside.data_ptr()):
             return inside
     return _sorted_window_by_sort(keys, start, stop, descending)
+
+
+def argsort_magnitudes(magnitudes: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.argsort(magnitudes, dim=dim)`` of non-negative keys (``abs()`` of something), with
+    the same order among ties. On CPU it sorts their bits as signed integers, which torch's sort
+    orders exactly as it orders the floats; not where that has not been checked to hold here, nor
+    when a NaN is among the keys (the float sort treats every NaN alike, whatever its bits)."""
+    view = _BIT_VIEWS.get(magnitudes.dtype)
+    if view is not None and magnitudes.device.type == "cpu" and integer_sort_matches_float() and not magnitudes.isnan().any():
+        magnitudes = magnitudes.view(view)
+    return torch.argsort(magnitudes, dim=dim)
+
+
+_BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def _sorted_window_by_sort(keys: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
@@ -68,4 +87,22 @@ def native_matches_torch() -> bool:
                     log.warning("this torch's CPU sort does not order ties as libstdc++'s introsort does; "
                                 "TIES/breadcrumbs masks come from the full sort (exact, slower)")
                     return False
+    return True
+
+
+@functools.cache
+def integer_sort_matches_float() -> bool:
+    """Whether this torch's CPU sort orders non-negative floats' bits, read as integers, exactly
+    as it orders the floats, ties included: rows of few-valued and of bfloat16-rounded magnitudes
+    with zeros and infinities, in every float dtype."""
+    generator = torch.Generator().manual_seed(0)
+    few = torch.randint(0, 9, (16, 300), generator=generator) / 8.0
+    rounded = torch.randn(2, 5003, generator=generator).to(torch.bfloat16).double().abs()
+    rounded[:, ::97] = float("inf")
+    for dtype, view in _BIT_VIEWS.items():
+        for keys in (few.to(dtype), rounded.to(dtype)):
+            if not torch.equal(torch.argsort(keys, dim=1), torch.argsort(keys.view(view), dim=1)):
+                log.warning("this torch's CPU sort orders ties among integers and floats differently; "
+                            "DELLA's magnitudes are sorted as floats (exact, slower)")
+                return False
     return True

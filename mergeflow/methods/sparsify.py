@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from mergeflow.methods.introsort import sorted_window
+from mergeflow.methods.introsort import argsort_magnitudes, sorted_window
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
@@ -129,7 +129,7 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     x = delta.to(work)
     if x.dim() == 1:
         x = x.unsqueeze(0)
-    order = torch.argsort(x.abs(), dim=1)
+    order = argsort_magnitudes(x.abs(), dim=1)
     # mergekit ranks with a second argsort and maps each rank to a probability, element by
     # element. The ranks of a row are a permutation of 1..width, so the same operations on
     # that one vector give every probability a row can hold (bit for bit: they are elementwise,

@@ -102,3 +102,31 @@ def test_an_input_past_introsorts_depth_limit_is_left_to_the_sort():
     for descending in (True, False):
         assert torch.equal(introsort.sorted_window(keys.clone(), n // 2, n // 2 + 5, descending),
                            _by_torch_sort(keys, n // 2, n // 2 + 5, descending))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    shape=st.sampled_from([(1, 1), (3, 17), (4, 300), (2, 2000), (3, 40, 5)]),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]),
+    levels=st.sampled_from([2, 9, 200]),
+    specials=st.sets(st.sampled_from([0.0, -0.0, float("inf"), float("-inf"), float("nan")]), max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_magnitudes_sort_as_torch_sorts_them_ties_included(shape, dtype, levels, specials, seed):
+    """DELLA's rank sort, on the magnitudes' integer bits, gives torch's own float order along
+    dim 1 (the 3-D case is a fused expert tensor); signed zeros, infinities and NaNs included."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randint(-levels, levels + 1, shape, generator=generator) / levels
+    for value in specials:
+        values.view(-1)[torch.randint(0, values.numel(), (max(1, values.numel() // 10),), generator=generator)] = value
+    magnitudes = values.to(dtype).abs()
+    assert torch.equal(introsort.argsort_magnitudes(magnitudes, dim=1), torch.argsort(magnitudes, dim=1))
+
+
+def test_magnitudes_are_sorted_as_floats_where_integers_were_not_checked(monkeypatch):
+    monkeypatch.setattr(introsort, "integer_sort_matches_float", lambda: False)
+    magnitudes = torch.tensor([[0.5, 0.25, 0.5, 0.0]])
+    sorted_as = []
+    monkeypatch.setattr(torch, "argsort", lambda keys, dim: sorted_as.append(keys.dtype) or keys.float().argsort(dim=dim))
+    introsort.argsort_magnitudes(magnitudes, dim=1)
+    assert sorted_as == [torch.float32]
