@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 from .registry import MergeInputs
+
+# Elements per chunk of an elementwise merge on CPU: a float32 accumulator of this size (1 MiB)
+# stays in cache while every input's slice is added to it.
+CHUNK = 1 << 18
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype mergekit 0.1.5 accumulates in: float32, widened only for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def elementwise_in_chunks(
+    compute: Callable[[list[torch.Tensor]], torch.Tensor], tensors: Sequence[torch.Tensor], out_dtype: torch.dtype
+) -> torch.Tensor:
+    """``compute(tensors).to(out_dtype)`` for a ``compute`` made of elementwise operations, run on
+    CPU over equal-shaped tensors one chunk at a time into the output.
+
+    Every element meets the same operations in the same order, so the bits are those of the
+    whole-tensor computation; but an accumulator wider than the inputs (float32 over bfloat16)
+    never exists at full size, which saves its memory and most of the memory traffic.
+    """
+    first = tensors[0]
+    if first.device.type != "cpu" or first.numel() <= CHUNK or any(t.shape != first.shape for t in tensors):
+        return compute(list(tensors)).to(out_dtype)
+    flats = [t.reshape(-1) for t in tensors]
+    out = torch.empty(first.shape, dtype=out_dtype)
+    flat_out = out.view(-1)
+    for start in range(0, first.numel(), CHUNK):
+        flat_out[start : start + CHUNK] = compute([flat[start : start + CHUNK] for flat in flats])
+    return out
 
 
 def fail(inputs: MergeInputs, problem: str) -> ValueError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import accumulator_dtype
+from .common import accumulator_dtype, elementwise_in_chunks
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 
@@ -16,12 +16,15 @@ def merge(inputs: MergeInputs) -> torch.Tensor:
     acc = accumulator_dtype(dtype)
     device = inputs.tensors[0].device
     weights = torch.tensor([p["weight"] for p in inputs.model_params], dtype=acc, device=device)
-    result = torch.zeros(inputs.tensors[0].shape, dtype=acc, device=device)
-    for tensor, weight in zip(inputs.tensors, weights):
-        result.addcmul_(tensor, weight)
-    if inputs.params["normalize"]:
-        result.div_(weights.sum())
-    return result.to(dtype)
+    total = weights.sum() if inputs.params["normalize"] else None
+
+    def average(tensors: list[torch.Tensor]) -> torch.Tensor:
+        result = torch.zeros(tensors[0].shape, dtype=acc, device=device)
+        for tensor, weight in zip(tensors, weights):
+            result.addcmul_(tensor, weight)
+        return result if total is None else result.div_(total)
+
+    return elementwise_in_chunks(average, inputs.tensors, dtype)
 
 
 SPEC = register(

@@ -51,3 +51,27 @@ def test_result_keeps_input_dtype_and_shape(merge, dtype):
     xs = [torch.randn(3, 5).to(dtype) for _ in range(2)]
     out = merge("linear", xs, model_params=[{"weight": 0.3}, {"weight": 0.7}])
     assert out.dtype == dtype and out.shape == (3, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_large_tensors_merged_by_chunks_keep_the_whole_tensor_bits(merge, dtype, normalize):
+    """Above one chunk the float32 accumulator is built a chunk at a time; every element still
+    meets mergekit's zeros/addcmul_/div_ in order, signed zeros, infinities, NaNs and subnormals
+    included, whatever the chunk boundaries."""
+    generator = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1001, 611, generator=generator).to(dtype) for _ in range(3)]
+    xs[0].view(-1)[::997] = -0.0
+    xs[1].view(-1)[3::1009] = float("-inf")
+    xs[2].view(-1)[7::4099] = float("nan")
+    xs[2].view(-1)[11::5003] = torch.finfo(dtype).tiny / 4
+    weights = torch.tensor([0.3, 0.45, 0.2])
+    expected = torch.zeros(xs[0].shape)
+    for x, w in zip(xs, weights):
+        expected.addcmul_(x, w)
+    if normalize:
+        expected.div_(weights.sum())
+    expected = expected.to(dtype)
+    out = merge("linear", xs, params={"normalize": normalize}, model_params=[{"weight": w} for w in (0.3, 0.45, 0.2)])
+    bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
+    assert torch.equal(out.view(bits), expected.view(bits))
