@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import sparsify
-from .common import fail, majority_sign_mask, require_base
+from .common import elementwise_in_chunks, fail, majority_sign_mask, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 
@@ -85,34 +85,36 @@ def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier 
 
 def merge(inputs: MergeInputs, sparsifier: Sparsifier | None, sign_consensus: bool) -> torch.Tensor:
     """Add the weighted (optionally sign-elected) sum of the sparsified task vectors to the base;
-    the weights are rounded to the merge dtype, as in mergekit."""
+    the weights are rounded to the merge dtype, as in mergekit. Past sparsification every step
+    is per element (the sums run over models), so it runs chunk by chunk."""
     base = require_base(inputs)
     deltas = _sparsified(inputs, base, sparsifier, inputs.params["rescale"])
     if not deltas:
         return base
+    weights = torch.tensor([p["weight"] for p in inputs.other_params], dtype=base.dtype, device=base.device)
+    params = inputs.params
 
-    stacked = torch.stack(deltas, dim=0)
-    weights = torch.tensor(
-        [p["weight"] for p in inputs.other_params], dtype=stacked.dtype, device=stacked.device
-    )
-    weights = weights.view((-1,) + (1,) * base.dim())
-    weighted = stacked * weights
+    def combine(tensors: list[torch.Tensor]) -> torch.Tensor:
+        base_part, delta_parts = tensors[0], tensors[1:]
+        stacked = torch.stack(delta_parts, dim=0)
+        model_weights = weights.view((-1,) + (1,) * base_part.dim())
+        weighted = stacked * model_weights
+        if sign_consensus:
+            mask = majority_sign_mask(weighted, params["int8_mask"])
+            mixed = (weighted * mask).sum(dim=0)
+            divisor = (model_weights * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = weighted.sum(dim=0)
+            divisor = model_weights.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if params["normalize"]:
+            mixed = mixed / divisor
+        if params["lambda"] != 1:
+            mixed = mixed * params["lambda"]
+        return base_part + mixed
 
-    if sign_consensus:
-        mask = majority_sign_mask(weighted, inputs.params["int8_mask"])
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = weighted.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-
-    if inputs.params["normalize"]:
-        mixed = mixed / divisor
-    if inputs.params["lambda"] != 1:
-        mixed = mixed * inputs.params["lambda"]
-    return base + mixed
+    return elementwise_in_chunks(combine, [base, *deltas], base.dtype)
 
 
 def _register(

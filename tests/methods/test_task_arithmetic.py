@@ -99,3 +99,45 @@ def test_bfloat16_weights_are_rounded_to_bfloat16(merge):
     one = torch.ones(1, dtype=torch.bfloat16)
     out = merge("task_arithmetic", [one, base], base_index=1, model_params=[{"weight": 0.3}, {}])
     assert out.item() == 0.30078125
+
+
+def _whole_tensor_combination(base, deltas, weights, sign_consensus, normalize, lam):
+    """§7.6 steps 4-5 over whole tensors, as mergekit runs them."""
+    stacked = torch.stack(deltas, dim=0)
+    w = torch.tensor(weights, dtype=stacked.dtype).view((-1,) + (1,) * base.dim())
+    weighted = stacked * w
+    if sign_consensus:
+        signs = weighted.sign()
+        majority = (weighted.sum(dim=0) >= 0).to(weighted.dtype) * 2 - 1
+        mask = signs == majority
+        mixed, divisor = (weighted * mask).sum(dim=0), (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = weighted.sum(dim=0), w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return base + mixed
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("models", [1, 2, 3, 4])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_large_tensors_combined_by_chunks_keep_the_whole_tensor_bits(merge, dtype, models, method):
+    """Above one chunk the sign election and weighted sum run a chunk at a time: the same bits
+    as over the whole tensor, for every model count (sums over models), with zeros and
+    infinities among the deltas."""
+    generator = torch.Generator().manual_seed(models)
+    base = torch.randn(700, 977, generator=generator).to(dtype)
+    others = [(base + torch.randn(700, 977, generator=generator) * 0.1).to(dtype) for _ in range(models)]
+    others[0].view(-1)[::13] = base.view(-1)[::13]  # zero deltas: sign 0, never elected
+    others[-1].view(-1)[5::10007] = float("inf")
+    weights = [0.3, 0.7, 0.45, 1.0][:models]
+    ties = method == "ties"
+    expected = _whole_tensor_combination(base, [o - base for o in others], weights, ties, ties, 0.9)
+    out = merge(method, others + [base], base_index=models, params={"normalize": ties, "lambda": 0.9},
+                model_params=[{"weight": w} for w in weights] + [{}])
+    bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
+    assert torch.equal(out.view(bits), expected.view(bits))
