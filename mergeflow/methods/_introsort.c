@@ -1,13 +1,24 @@
-/* Which entries torch's unstable CPU sort puts in a window of positions, without sorting.
+/* Which entries torch's unstable CPU sort of magnitudes puts in a window of positions, without sorting.
  *
- * torch sorts a contiguous float tensor on CPU with libstdc++'s std::sort (introsort: median-of-three
- * quicksort partitions down to blocks of 16, heapsort past a depth limit, then one insertion-sort
- * pass) over (value, index) pairs. Which of several equal values land inside a window such as
- * "the k largest" is decided by those moves, so TIES' masks can only match mergekit's if the same
+ * TIES and breadcrumbs keep the entries that mergekit's sort of |delta| (as float32) puts at a
+ * window of positions. torch sorts a contiguous float tensor on CPU with libstdc++'s std::sort
+ * (introsort: median-of-three quicksort partitions down to blocks of 16, heapsort past a depth
+ * limit, then one insertion-sort pass). Which of several equal values land inside a window such as
+ * "the k largest" is decided by those moves, so the masks can only match mergekit's if the same
  * moves are made. But only the partitions of ranges that straddle a window boundary decide
  * membership: a range that lies wholly inside or outside the window keeps its members whatever
  * order it is later sorted into. Following just those ranges is a quickselect with introsort's
  * pivots: linear time, and the same members as the full sort.
+ *
+ * Memory: one 32-bit word per entry, not a float key plus an index. For non-negative floats the
+ * order of the bit patterns read as integers is the float order, so a magnitude's bits are its
+ * key (every NaN mapped to one key above infinity, since torch's comparator treats NaNs alike and
+ * puts them last ascending). Only entries equal to one of the two boundary keys (the keys at the
+ * window's first and last position, found first by a radix select) can be inside or outside; their
+ * word is instead a flag, which boundary, and their ordinal among such entries in index order. The
+ * comparisons, hence the moves, are those on the keys; the ordinals of the tied entries the window
+ * collects say which of them are in, and every other entry is in when its key lies strictly
+ * between the boundary keys.
  *
  * Written from the algorithm's published behaviour (median of first+1, middle and last-1 moved to
  * first; Hoare partition of [first+1, last) around it; the left part keeps the pivot; blocks of at
@@ -18,50 +29,71 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define BLOCK 16
+#define TIED 0x80000000u   /* the word holds a tied entry's ordinal, not its key */
+#define SECOND 0x40000000u /* ... tied with the second boundary key */
+#define ORDINAL 0x3FFFFFFFu
+#define NAN_KEY 0x7FFFFFFFu
+
+enum Kind { BFLOAT16 = 0, FLOAT16 = 1, FLOAT32 = 2 };
+
+/* The sort key of entry i: the bits of |x|, every NaN alike and above infinity. */
+static inline uint32_t magnitude_key(const void *data, int kind, int64_t i) {
+    uint32_t bits;
+    switch (kind) {
+    case BFLOAT16:
+        bits = ((const uint16_t *)data)[i] & 0x7FFFu;
+        return bits > 0x7F80u ? NAN_KEY : bits;
+    case FLOAT16:
+        bits = ((const uint16_t *)data)[i] & 0x7FFFu;
+        return bits > 0x7C00u ? NAN_KEY : bits;
+    default:
+        bits = ((const uint32_t *)data)[i] & 0x7FFFFFFFu;
+        return bits > 0x7F800000u ? NAN_KEY : bits;
+    }
+}
 
 typedef struct {
-    float *keys;
-    uint32_t *index;
-    uint8_t *inside;
+    uint32_t *words;
+    uint8_t *tied_inside; /* bitmap over the tied entries' ordinals */
+    uint32_t boundary[2];
     int64_t start, stop;
     int descending;
     int depth_exceeded;
 } Window;
 
-/* The order of torch's sort: "a goes before b". NaN goes last ascending and first descending. */
-static inline int before(const Window *w, float a, float b) {
-    if (w->descending)
-        return (isnan(a) && !isnan(b)) || a > b;
-    return (!isnan(a) && isnan(b)) || a < b;
+static inline uint32_t key(const Window *w, uint32_t word) {
+    return (word & TIED) ? w->boundary[(word & SECOND) != 0] : word;
+}
+
+/* The order of torch's sort: "a goes before b". */
+static inline int before(const Window *w, uint32_t a, uint32_t b) { return w->descending ? a > b : a < b; }
+
+static inline int word_before(const Window *w, int64_t i, int64_t j) {
+    return before(w, key(w, w->words[i]), key(w, w->words[j]));
 }
 
 static inline void swap(Window *w, int64_t i, int64_t j) {
-    float key = w->keys[i];
-    uint32_t index = w->index[i];
-    w->keys[i] = w->keys[j];
-    w->index[i] = w->index[j];
-    w->keys[j] = key;
-    w->index[j] = index;
+    uint32_t word = w->words[i];
+    w->words[i] = w->words[j];
+    w->words[j] = word;
 }
 
 static void move_median_to_first(Window *w, int64_t result, int64_t a, int64_t b, int64_t c) {
-    const float *k = w->keys;
-    if (before(w, k[a], k[b])) {
-        if (before(w, k[b], k[c]))
+    if (word_before(w, a, b)) {
+        if (word_before(w, b, c))
             swap(w, result, b);
-        else if (before(w, k[a], k[c]))
+        else if (word_before(w, a, c))
             swap(w, result, c);
         else
             swap(w, result, a);
-    } else if (before(w, k[a], k[c]))
+    } else if (word_before(w, a, c))
         swap(w, result, a);
-    else if (before(w, k[b], k[c]))
+    else if (word_before(w, b, c))
         swap(w, result, c);
     else
         swap(w, result, b);
@@ -70,13 +102,13 @@ static void move_median_to_first(Window *w, int64_t result, int64_t a, int64_t b
 /* Partition [first, last) around the median of three; returns the cut. */
 static int64_t partition(Window *w, int64_t first, int64_t last) {
     move_median_to_first(w, first, first + 1, first + (last - first) / 2, last - 1);
-    const float pivot = w->keys[first];
+    const uint32_t pivot = key(w, w->words[first]);
     int64_t left = first + 1, right = last;
     for (;;) {
-        while (before(w, w->keys[left], pivot))
+        while (before(w, key(w, w->words[left]), pivot))
             ++left;
         --right;
-        while (before(w, pivot, w->keys[right]))
+        while (before(w, pivot, key(w, w->words[right])))
             --right;
         if (!(left < right))
             return left;
@@ -85,23 +117,24 @@ static int64_t partition(Window *w, int64_t first, int64_t last) {
     }
 }
 
+/* Entries at positions [first, last) are inside: record which tied ones they are. */
 static void mark(Window *w, int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i)
-        w->inside[w->index[i]] = 1;
+        if (w->words[i] & TIED) {
+            uint32_t ordinal = w->words[i] & ORDINAL;
+            w->tied_inside[ordinal >> 3] |= (uint8_t)(1u << (ordinal & 7));
+        }
 }
 
 /* A final block: sorted by insertion (stable), then the positions inside the window marked. */
 static void finish_block(Window *w, int64_t first, int64_t last) {
     for (int64_t i = first + 1; i < last; ++i) {
-        float key = w->keys[i];
-        uint32_t index = w->index[i];
+        uint32_t word = w->words[i];
+        uint32_t k = key(w, word);
         int64_t j = i;
-        for (; j > first && before(w, key, w->keys[j - 1]); --j) {
-            w->keys[j] = w->keys[j - 1];
-            w->index[j] = w->index[j - 1];
-        }
-        w->keys[j] = key;
-        w->index[j] = index;
+        for (; j > first && before(w, k, key(w, w->words[j - 1])); --j)
+            w->words[j] = w->words[j - 1];
+        w->words[j] = word;
     }
     mark(w, first > w->start ? first : w->start, last < w->stop ? last : w->stop);
 }
@@ -129,53 +162,109 @@ static void visit(Window *w, int64_t first, int64_t last, int depth) {
     }
 }
 
-/* Put every key back where it started, so that the caller can sort the original arrangement. */
-static void restore(Window *w, int64_t n) {
-    for (int64_t i = 0; i < n; ++i)
-        while (w->index[i] != (uint32_t)i)
-            swap(w, i, w->index[i]);
+/* The key of ascending rank ``rank`` (0-based), by a radix select on its two 16-bit halves;
+ * ``high`` is the histogram of the upper halves. Sets *count to how many entries have that key. */
+static uint32_t key_of_rank(const void *data, int kind, int64_t n, int64_t rank, const int64_t *high,
+                            int64_t *low, int64_t *count) {
+    uint32_t upper = 0;
+    while (rank >= high[upper])
+        rank -= high[upper++];
+    memset(low, 0, 65536 * sizeof(int64_t));
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t k = magnitude_key(data, kind, i);
+        if ((k >> 16) == upper)
+            ++low[k & 0xFFFFu];
+    }
+    uint32_t lower = 0;
+    while (rank >= low[lower])
+        rank -= low[lower++];
+    *count = low[lower];
+    return (upper << 16) | lower;
 }
 
-/* window(keys, n, start, stop, descending, inside) -> bool
+/* window(values, kind, n, start, stop, descending, inside) -> bool
  *
- * keys: address of n contiguous float32 (reordered); inside: address of n zeroed bytes, set to 1
- * for the entries the sort puts at positions [start, stop). False, with the keys back in their
- * original order and nothing marked, when introsort would have fallen back to heapsort on a range
- * that decides membership (the caller then sorts). */
+ * values: address of n contiguous bfloat16 (kind 0), float16 (1) or float32 (2), read only;
+ * inside: address of n bytes, each set to 1 for an entry that torch.sort(|values| as float32)
+ * puts at positions [start, stop), else 0. False, with ``inside`` untouched, when introsort
+ * would have fallen back to heapsort on a range that decides membership, or more than 2**30
+ * entries tie with a boundary (the caller then sorts). */
 static PyObject *window(PyObject *self, PyObject *args) {
-    unsigned long long keys, inside;
+    unsigned long long values_address, inside_address;
     long long n, start, stop;
-    int descending;
-    if (!PyArg_ParseTuple(args, "KLLLpK", &keys, &n, &start, &stop, &descending, &inside))
+    int kind, descending;
+    if (!PyArg_ParseTuple(args, "KiLLLpK", &values_address, &kind, &n, &start, &stop, &descending, &inside_address))
         return NULL;
-    if (n < 0 || (unsigned long long)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "window: between 0 and 2**32 entries");
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || start < 0 || stop > n) {
+        PyErr_SetString(PyExc_ValueError, "window: kind 0-2 and 0 <= start, stop <= n");
         return NULL;
     }
-    Window w = {(float *)(uintptr_t)keys, NULL, (uint8_t *)(uintptr_t)inside, start, stop, descending, 0};
-    if (n == 0 || start >= stop)
+    const void *values = (const void *)(uintptr_t)values_address;
+    uint8_t *inside = (uint8_t *)(uintptr_t)inside_address;
+    if (start >= stop) {
+        memset(inside, 0, (size_t)n);
         Py_RETURN_TRUE;
-    w.index = malloc((size_t)n * sizeof(uint32_t));
-    if (w.index == NULL)
-        return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
-    for (int64_t i = 0; i < n; ++i)
-        w.index[i] = (uint32_t)i;
-    int depth = 0;
-    for (long long m = n; m > 1; m >>= 1)
-        ++depth;
-    visit(&w, 0, n, 2 * depth);
-    if (w.depth_exceeded) {
-        restore(&w, n);
-        memset(w.inside, 0, (size_t)n);
     }
-    Py_END_ALLOW_THREADS
-    free(w.index);
-    return PyBool_FromLong(!w.depth_exceeded);
+    int64_t *high = calloc(65536, sizeof(int64_t)), *low = malloc(65536 * sizeof(int64_t));
+    uint32_t *words = malloc((size_t)n * sizeof(uint32_t));
+    uint8_t *tied_inside = NULL;
+    int ok = 0, out_of_memory = high == NULL || low == NULL || words == NULL;
+    if (!out_of_memory) {
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t i = 0; i < n; ++i)
+            ++high[magnitude_key(values, kind, i) >> 16];
+        /* The window's first and last positions, as ascending ranks. */
+        int64_t first_rank = descending ? n - 1 - start : start, last_rank = descending ? n - stop : stop - 1;
+        int64_t first_count, last_count;
+        Window w = {words, NULL, {0, 0}, start, stop, descending, 0};
+        w.boundary[0] = key_of_rank(values, kind, n, first_rank, high, low, &first_count);
+        w.boundary[1] = key_of_rank(values, kind, n, last_rank, high, low, &last_count);
+        int64_t tied = first_count + (w.boundary[1] != w.boundary[0] ? last_count : 0);
+        if (tied <= (int64_t)ORDINAL + 1 && (tied_inside = calloc((size_t)(tied + 7) / 8, 1)) != NULL) {
+            w.tied_inside = tied_inside;
+            uint32_t ordinal = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                uint32_t k = magnitude_key(values, kind, i);
+                if (k == w.boundary[0])
+                    words[i] = TIED | ordinal++;
+                else if (k == w.boundary[1])
+                    words[i] = TIED | SECOND | ordinal++;
+                else
+                    words[i] = k;
+            }
+            int depth = 0;
+            for (long long m = n; m > 1; m >>= 1)
+                ++depth;
+            visit(&w, 0, n, 2 * depth);
+            if (!w.depth_exceeded) {
+                uint32_t lowest = w.boundary[0] < w.boundary[1] ? w.boundary[0] : w.boundary[1];
+                uint32_t highest = w.boundary[0] ^ w.boundary[1] ^ lowest;
+                ordinal = 0;
+                for (int64_t i = 0; i < n; ++i) {
+                    uint32_t k = magnitude_key(values, kind, i);
+                    if (k == w.boundary[0] || k == w.boundary[1]) {
+                        inside[i] = (tied_inside[ordinal >> 3] >> (ordinal & 7)) & 1;
+                        ++ordinal;
+                    } else
+                        inside[i] = lowest < k && k < highest;
+                }
+                ok = 1;
+            }
+        } else if (tied <= (int64_t)ORDINAL + 1)
+            out_of_memory = 1;
+        Py_END_ALLOW_THREADS
+    }
+    free(high);
+    free(low);
+    free(words);
+    free(tied_inside);
+    if (out_of_memory)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(ok);
 }
 
 static PyMethodDef methods[] = {
-    {"window", window, METH_VARARGS, "Entries an unstable torch CPU sort puts at positions [start, stop)."},
+    {"window", window, METH_VARARGS, "Entries an unstable torch CPU sort of magnitudes puts at positions [start, stop)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,9 +3,10 @@
 TIES and breadcrumbs keep the entries at a window of positions of mergekit's unstable sort of
 magnitudes; among equal magnitudes, the sort's own moves decide. On CPU that sort is libstdc++'s
 introsort, and the native kernel (``_introsort.c``) replays only the partitions that decide who is
-inside the window: the same members, without sorting the rest. It is used only after it has
-matched torch's kernel on tie-heavy probes in this process; otherwise (no compiler at install, an
-accelerator, a torch whose CPU sort changed) the window comes from torch's sort itself.
+inside the window: the same members, without sorting the rest, reading the tensor in place with
+one 32-bit word per entry of scratch. It is used only after it has matched torch's kernel on
+tie-heavy probes in this process; otherwise (no compiler at install, an accelerator, a torch whose
+CPU sort changed, float64) the window comes from torch's sort itself.
 
 DELLA's row sorts of magnitudes on CPU run on the keys' bit patterns read as integers
 (:func:`argsort_magnitudes`): for non-negative floats that order is the same, comparison for
@@ -28,14 +29,26 @@ except ImportError:  # built optionally (setup.py): without a compiler, torch's 
 log = logging.getLogger("mergeflow")
 
 
-def sorted_window(keys: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
-    """A bool mask of the 1-D ``keys`` that ``torch.sort(keys, descending=descending)`` puts at
-    positions ``start..stop-1``. ``keys`` is overwritten."""
-    if keys.device.type == "cpu" and keys.dtype == torch.float32 and keys.is_contiguous() and native_matches_torch():
-        inside = torch.zeros(keys.shape, dtype=torch.bool)
-        if _introsort.window(keys.data_ptr(), keys.numel(), start, stop, descending, inside.data_ptr()):
+def sort_keys(values: torch.Tensor) -> torch.Tensor:
+    """|values| flattened, as float32 on CPU: mergekit sorts that copy there, so ties among
+    half-precision values break the same way."""
+    keys = values.abs().reshape(-1)
+    return keys.float() if keys.device.type == "cpu" else keys
+
+
+def magnitude_window(values: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
+    """A flat bool mask of the entries of ``values`` that mergekit's sort of their magnitudes
+    (``torch.sort(sort_keys(values), descending=descending)``) puts at positions ``start..stop-1``."""
+    kind = _NATIVE_KINDS.get(values.dtype)
+    if kind is not None and values.device.type == "cpu" and native_matches_torch():
+        flat = values.reshape(-1).contiguous()
+        inside = torch.empty(flat.shape, dtype=torch.bool)
+        if _introsort.window(flat.data_ptr(), kind, flat.numel(), start, stop, descending, inside.data_ptr()):
             return inside
-    return _sorted_window_by_sort(keys, start, stop, descending)
+    return _sorted_window_by_sort(sort_keys(values), start, stop, descending)
+
+
+_NATIVE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
 
 def argsort_magnitudes(magnitudes: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,25 +78,26 @@ def _sorted_window_by_sort(keys: torch.Tensor, start: int, stop: int, descending
 @functools.cache
 def native_matches_torch() -> bool:
     """Whether the native kernel is built and picks torch's own members on probes full of ties
-    (small integers, bfloat16-rounded magnitudes, NaNs), both directions, several windows."""
+    (small integers, bfloat16- and float16-rounded values, NaNs), both directions, several windows."""
     if _introsort is None:
         return False
     generator = torch.Generator().manual_seed(0)
     probes = [
-        torch.randint(0, 7, (50_000,), generator=generator).float(),
-        torch.randn(120_011, generator=generator).to(torch.bfloat16).float().abs(),
+        torch.randint(-6, 7, (50_000,), generator=generator).float(),
+        torch.randn(120_011, generator=generator).to(torch.bfloat16),
+        (torch.randn(60_013, generator=generator) * 1e-3).to(torch.float16),
         torch.where(torch.rand(20_011, generator=generator) < 0.01, float("nan"), torch.randn(20_011, generator=generator)),
     ]
-    for keys in probes:
-        n = keys.numel()
+    for values in probes:
+        n = values.numel()
         for descending in (True, False):
-            order = torch.sort(keys, descending=descending).indices
+            order = torch.sort(sort_keys(values), descending=descending).indices
             for start, stop in ((0, n // 5), (n // 3, n - 17), (1, n)):
                 expected = torch.zeros(n, dtype=torch.bool)
                 expected[order[start:stop]] = True
-                inside = torch.zeros(n, dtype=torch.bool)
-                copy = keys.clone()
-                if not _introsort.window(copy.data_ptr(), n, start, stop, descending, inside.data_ptr()) or not torch.equal(inside, expected):
+                inside = torch.empty(n, dtype=torch.bool)
+                kind = _NATIVE_KINDS[values.dtype]
+                if not _introsort.window(values.data_ptr(), kind, n, start, stop, descending, inside.data_ptr()) or not torch.equal(inside, expected):
                     log.warning("this torch's CPU sort does not order ties as libstdc++'s introsort does; "
                                 "TIES/breadcrumbs masks come from the full sort (exact, slower)")
                     return False

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from mergeflow.methods.introsort import argsort_magnitudes, sorted_window
+from mergeflow.methods.introsort import argsort_magnitudes, magnitude_window, sort_keys
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
@@ -28,13 +28,6 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.T
     if before < 1e-7 or after < 1e-7:
         return masked
     return masked * (before / after)
-
-
-def _sort_keys(delta: torch.Tensor) -> torch.Tensor:
-    """|delta| flattened, as float32 on CPU: mergekit sorts that copy there, so ties among
-    half-precision values break the same way."""
-    keys = delta.abs().reshape(-1)
-    return keys.float() if keys.device.type == "cpu" else keys
 
 
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
@@ -74,7 +67,7 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = F
     """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude.
 
     Exact mode keeps the entries mergekit's unstable argsort puts first; its choice among equal
-    magnitudes decides the mask (:func:`sorted_window`). ``fast`` selects the same count by
+    magnitudes decides the mask (:func:`magnitude_window`). ``fast`` selects the same count by
     threshold and, among entries equal to the threshold, keeps the lowest flat indices (a stable
     sort's choice): same magnitudes kept, ties may differ.
     """
@@ -83,13 +76,12 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = F
     if density <= 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    keys = _sort_keys(delta)
     if fast:
         # A stable descending sort of the keys is a stable ascending sort of their negation.
-        mask = stable_rank_window(keys.neg_(), 0, k).view(delta.shape).to(delta.dtype)
+        inside = stable_rank_window(sort_keys(delta).neg_(), 0, k)
     else:
-        mask = sorted_window(keys, 0, k, descending=True).view(delta.shape).to(delta.dtype)
-    return _rescaled(delta, mask, rescale)
+        inside = magnitude_window(delta, 0, k, descending=True)
+    return _rescaled(delta, inside.view(delta.shape), rescale)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool, fast: bool = False):
@@ -102,12 +94,11 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescal
     keep = int(density * count)
     top = int(gamma * count)
     bottom = max(0, count - keep - top)
-    keys = _sort_keys(delta)
     if fast:
-        mask = stable_rank_window(keys, bottom, bottom + keep).view(delta.shape).to(delta.dtype)
+        inside = stable_rank_window(sort_keys(delta), bottom, bottom + keep)
     else:
-        mask = sorted_window(keys, bottom, bottom + keep, descending=False).view(delta.shape).to(delta.dtype)
-    return _rescaled(delta, mask, rescale)
+        inside = magnitude_window(delta, bottom, bottom + keep, descending=False)
+    return _rescaled(delta, inside.view(delta.shape), rescale)
 
 
 def bernoulli_probabilities(delta: torch.Tensor, density: float) -> torch.Tensor:

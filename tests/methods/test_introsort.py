@@ -10,9 +10,10 @@ from mergeflow.methods import introsort
 native = pytest.mark.skipif(not introsort.native_matches_torch(), reason="the native kernel is not built here (no C compiler at install)")
 
 
-def _by_torch_sort(keys: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
-    order = torch.sort(keys, descending=descending).indices
-    inside = torch.zeros(keys.numel(), dtype=torch.bool)
+def _by_torch_sort(values: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
+    """mergekit's window: its sort of the magnitudes, as float32."""
+    order = torch.sort(values.abs().float().reshape(-1), descending=descending).indices
+    inside = torch.zeros(values.numel(), dtype=torch.bool)
     inside[order[start:stop]] = True
     return inside
 
@@ -24,23 +25,41 @@ values = st.lists(st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 2.0, float("inf"), 
 
 @native
 @settings(max_examples=300, deadline=None)
-@given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans())
-def test_window_has_the_members_torch_sort_puts_there(entries, a, b, descending):
-    keys = torch.tensor(entries, dtype=torch.float32)
+@given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans(),
+       st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+def test_window_has_the_members_torch_sort_puts_there(entries, a, b, descending, dtype):
+    tensor = torch.tensor(entries, dtype=torch.float32).to(dtype)
     start, stop = sorted((min(a, len(entries)), min(b, len(entries))))
-    expected = _by_torch_sort(keys, start, stop, descending)
-    assert torch.equal(introsort.sorted_window(keys.clone(), start, stop, descending), expected)
+    expected = _by_torch_sort(tensor, start, stop, descending)
+    assert torch.equal(introsort.magnitude_window(tensor, start, stop, descending), expected)
 
 
 @native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("descending", [True, False])
-def test_bfloat16_magnitudes_of_a_large_tensor(descending):
+def test_magnitudes_of_a_large_tensor(descending, dtype):
+    """Millions of entries with many equal magnitudes at every boundary (rounded to bfloat16 even
+    in float32), a 2-D tensor read in place, and the input left as it was."""
     generator = torch.Generator().manual_seed(5)
-    keys = (torch.randn(1 << 21, generator=generator) * 0.02).to(torch.bfloat16).float().abs()
-    n = keys.numel()
-    for start, stop in ((0, n // 10), (n // 4, n // 2), (0, n - 1)):
-        assert torch.equal(introsort.sorted_window(keys.clone(), start, stop, descending),
-                           _by_torch_sort(keys, start, stop, descending))
+    tensor = (torch.randn(1 << 10, 1 << 11, generator=generator) * 0.02).to(torch.bfloat16).to(dtype)
+    original = tensor.clone()
+    n = tensor.numel()
+    for start, stop in ((0, n // 10), (n // 4, n // 2), (0, n - 1), (0, n)):
+        assert torch.equal(introsort.magnitude_window(tensor, start, stop, descending),
+                           _by_torch_sort(tensor, start, stop, descending))
+    assert torch.equal(tensor, original)
+
+
+@native
+def test_float64_and_other_devices_use_the_sort(monkeypatch):
+    """The kernel reads bfloat16, float16 and float32; float64 magnitudes are rounded to
+    float32 keys by mergekit, which the sort path does."""
+    calls = []
+    real = introsort._sorted_window_by_sort
+    monkeypatch.setattr(introsort, "_sorted_window_by_sort", lambda *a: calls.append(a[0].dtype) or real(*a))
+    values = torch.tensor([1.0, 1.0 + 1e-12, -1.0, 0.5], dtype=torch.float64)
+    assert torch.equal(introsort.magnitude_window(values, 0, 2, True), _by_torch_sort(values, 0, 2, True))
+    assert calls == [torch.float32]
 
 
 def _median_of_three_killer(n: int) -> list[float]:
@@ -90,17 +109,17 @@ def _median_of_three_killer(n: int) -> list[float]:
 
 @native
 def test_an_input_past_introsorts_depth_limit_is_left_to_the_sort():
-    """Where introsort would switch to heapsort, the kernel gives up, puts every key back and
-    marks nothing; the window then comes from torch's sort."""
+    """Where introsort would switch to heapsort, the kernel gives up and marks nothing; the
+    window then comes from torch's sort."""
     from mergeflow.methods import _introsort
 
     keys = torch.tensor(_median_of_three_killer(400))
     n = keys.numel()
     copy, inside = keys.clone(), torch.zeros(n, dtype=torch.bool)
-    assert not _introsort.window(copy.data_ptr(), n, n // 2, n // 2 + 5, False, inside.data_ptr())
+    assert not _introsort.window(copy.data_ptr(), 2, n, n // 2, n // 2 + 5, False, inside.data_ptr())
     assert torch.equal(copy, keys) and not inside.any()
     for descending in (True, False):
-        assert torch.equal(introsort.sorted_window(keys.clone(), n // 2, n // 2 + 5, descending),
+        assert torch.equal(introsort.magnitude_window(keys, n // 2, n // 2 + 5, descending),
                            _by_torch_sort(keys, n // 2, n // 2 + 5, descending))
 
 
