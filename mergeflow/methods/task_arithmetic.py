@@ -63,17 +63,17 @@ def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier 
     """Each model's delta, sparsified. mergekit sparsifies each delta right after computing it, in
     config order; only the order of the random draws matters, so the deterministic part (DELLA's
     rank sorts) is done for every model first, the masks are drawn after, in one ordered block,
-    and applied once the block is left."""
-    deltas = [tensor - base for tensor in inputs.others]
+    and applied once the block is left. A pruned delta is freed as soon as it is pruned, so only
+    one unpruned delta exists at a time."""
     if sparsifier is None:
-        return deltas
+        return [tensor - base for tensor in inputs.others]
+    pairs = zip(inputs.others, inputs.other_params)
     try:
         if sparsifier.prune is not None:
-            return [sparsifier.prune(d, p, rescale, inputs.fast_sparsify) for d, p in zip(deltas, inputs.other_params)]
-        steps = [sparsifier.prepare(d, p, rescale) for d, p in zip(deltas, inputs.other_params)]
+            return [sparsifier.prune(tensor - base, p, rescale, inputs.fast_sparsify) for tensor, p in pairs]
+        steps = [sparsifier.prepare(tensor - base, p, rescale) for tensor, p in pairs]
     except ValueError as exc:
         raise fail(inputs, str(exc)) from exc
-    del deltas
     with inputs.random_draws():
         applies = [draw() for draw in steps]
     del steps
