@@ -89,14 +89,13 @@ def native_matches_torch() -> bool:
         torch.where(torch.rand(20_011, generator=generator) < 0.01, float("nan"), torch.randn(20_011, generator=generator)),
     ]
     for values in probes:
-        n = values.numel()
+        n, kind = values.numel(), _NATIVE_KINDS[values.dtype]
         for descending in (True, False):
             order = torch.sort(sort_keys(values), descending=descending).indices
             for start, stop in ((0, n // 5), (n // 3, n - 17), (1, n)):
                 expected = torch.zeros(n, dtype=torch.bool)
                 expected[order[start:stop]] = True
                 inside = torch.empty(n, dtype=torch.bool)
-                kind = _NATIVE_KINDS[values.dtype]
                 if not _introsort.window(values.data_ptr(), kind, n, start, stop, descending, inside.data_ptr()) or not torch.equal(inside, expected):
                     log.warning("this torch's CPU sort does not order ties as libstdc++'s introsort does; "
                                 "TIES/breadcrumbs masks come from the full sort (exact, slower)")

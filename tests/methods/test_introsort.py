@@ -51,7 +51,7 @@ def test_magnitudes_of_a_large_tensor(descending, dtype):
 
 
 @native
-def test_float64_and_other_devices_use_the_sort(monkeypatch):
+def test_float64_uses_the_sort(monkeypatch):
     """The kernel reads bfloat16, float16 and float32; float64 magnitudes are rounded to
     float32 keys by mergekit, which the sort path does."""
     calls = []
