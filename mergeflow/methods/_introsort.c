@@ -162,24 +162,79 @@ static void visit(Window *w, int64_t first, int64_t last, int depth) {
     }
 }
 
-/* The key of ascending rank ``rank`` (0-based), by a radix select on its two 16-bit halves;
- * ``high`` is the histogram of the upper halves. Sets *count to how many entries have that key. */
-static uint32_t key_of_rank(const void *data, int kind, int64_t n, int64_t rank, const int64_t *high,
-                            int64_t *low, int64_t *count) {
+/* A radix select of ascending ranks by the keys' two 16-bit halves: ``high`` is the histogram of
+ * the upper halves, ``low`` that of the lower halves among keys with upper half ``low_upper``
+ * (-1 before the first select), kept so that a second rank under the same upper half costs no pass. */
+typedef struct {
+    const void *data;
+    int kind;
+    int64_t n;
+    int64_t high[65536], low[65536];
+    int64_t low_upper;
+} Select;
+
+/* The key of ascending rank ``rank`` (0-based); *count entries have that key, *below have a smaller one. */
+static uint32_t key_of_rank(Select *s, int64_t rank, int64_t *count, int64_t *below) {
+    int64_t rest = rank;
     uint32_t upper = 0;
-    while (rank >= high[upper])
-        rank -= high[upper++];
-    memset(low, 0, 65536 * sizeof(int64_t));
-    for (int64_t i = 0; i < n; ++i) {
-        uint32_t k = magnitude_key(data, kind, i);
-        if ((k >> 16) == upper)
-            ++low[k & 0xFFFFu];
+    while (rest >= s->high[upper])
+        rest -= s->high[upper++];
+    if (s->low_upper != (int64_t)upper) {
+        memset(s->low, 0, sizeof s->low);
+        for (int64_t i = 0; i < s->n; ++i) {
+            uint32_t k = magnitude_key(s->data, s->kind, i);
+            if ((k >> 16) == upper)
+                ++s->low[k & 0xFFFFu];
+        }
+        s->low_upper = upper;
     }
     uint32_t lower = 0;
-    while (rank >= low[lower])
-        rank -= low[lower++];
-    *count = low[lower];
+    while (rest >= s->low[lower])
+        rest -= s->low[lower++];
+    *count = s->low[lower];
+    *below = rank - rest;
     return (upper << 16) | lower;
+}
+
+/* The window's boundary keys: those at its first (``key[0]``) and last position in the sorted
+ * order, with how many entries hold each and how many the order puts before each. */
+typedef struct {
+    uint32_t key[2];
+    int64_t count[2], before[2];
+} Boundaries;
+
+static void find_boundaries(Select *s, int64_t start, int64_t stop, int descending, Boundaries *b) {
+    for (int64_t i = 0; i < s->n; ++i)
+        ++s->high[magnitude_key(s->data, s->kind, i) >> 16];
+    int64_t positions[2] = {start, stop - 1};
+    for (int side = 0; side < 2; ++side) {
+        int64_t rank = descending ? s->n - 1 - positions[side] : positions[side], below;
+        b->key[side] = key_of_rank(s, rank, &b->count[side], &below);
+        b->before[side] = descending ? s->n - below - b->count[side] : below;
+    }
+}
+
+static Select *new_select(const void *data, int kind, int64_t n) {
+    Select *s = calloc(1, sizeof(Select));
+    if (s != NULL) {
+        s->data = data;
+        s->kind = kind;
+        s->n = n;
+        s->low_upper = -1;
+    }
+    return s;
+}
+
+/* The arguments both entry points take, checked. */
+static int parse_window_args(PyObject *args, unsigned long long *values, int *kind, long long *n, long long *start,
+                             long long *stop, int *descending, unsigned long long *inside) {
+    if (!PyArg_ParseTuple(args, "KiLLLpK", values, kind, n, start, stop, descending, inside))
+        return 0;
+    if (*kind < BFLOAT16 || *kind > FLOAT32 || *n < 0 || *start < 0 || *stop > *n) {
+        PyErr_SetString(PyExc_ValueError, "window: kind 0-2 and 0 <= start, stop <= n");
+        return 0;
+    }
+    return 1;
 }
 
 /* window(values, kind, n, start, stop, descending, inside) -> bool
@@ -193,33 +248,24 @@ static PyObject *window(PyObject *self, PyObject *args) {
     unsigned long long values_address, inside_address;
     long long n, start, stop;
     int kind, descending;
-    if (!PyArg_ParseTuple(args, "KiLLLpK", &values_address, &kind, &n, &start, &stop, &descending, &inside_address))
+    if (!parse_window_args(args, &values_address, &kind, &n, &start, &stop, &descending, &inside_address))
         return NULL;
-    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || start < 0 || stop > n) {
-        PyErr_SetString(PyExc_ValueError, "window: kind 0-2 and 0 <= start, stop <= n");
-        return NULL;
-    }
     const void *values = (const void *)(uintptr_t)values_address;
     uint8_t *inside = (uint8_t *)(uintptr_t)inside_address;
     if (start >= stop) {
         memset(inside, 0, (size_t)n);
         Py_RETURN_TRUE;
     }
-    int64_t *high = calloc(65536, sizeof(int64_t)), *low = malloc(65536 * sizeof(int64_t));
+    Select *select = new_select(values, kind, n);
     uint32_t *words = malloc((size_t)n * sizeof(uint32_t));
     uint8_t *tied_inside = NULL;
-    int ok = 0, out_of_memory = high == NULL || low == NULL || words == NULL;
+    int ok = 0, out_of_memory = select == NULL || words == NULL;
     if (!out_of_memory) {
         Py_BEGIN_ALLOW_THREADS
-        for (int64_t i = 0; i < n; ++i)
-            ++high[magnitude_key(values, kind, i) >> 16];
-        /* The window's first and last positions, as ascending ranks. */
-        int64_t first_rank = descending ? n - 1 - start : start, last_rank = descending ? n - stop : stop - 1;
-        int64_t first_count, last_count;
-        Window w = {words, NULL, {0, 0}, start, stop, descending, 0};
-        w.boundary[0] = key_of_rank(values, kind, n, first_rank, high, low, &first_count);
-        w.boundary[1] = key_of_rank(values, kind, n, last_rank, high, low, &last_count);
-        int64_t tied = first_count + (w.boundary[1] != w.boundary[0] ? last_count : 0);
+        Boundaries b;
+        find_boundaries(select, start, stop, descending, &b);
+        Window w = {words, NULL, {b.key[0], b.key[1]}, start, stop, descending, 0};
+        int64_t tied = b.count[0] + (b.key[1] != b.key[0] ? b.count[1] : 0);
         if (tied <= (int64_t)ORDINAL + 1 && (tied_inside = calloc((size_t)(tied + 7) / 8, 1)) != NULL) {
             w.tied_inside = tied_inside;
             uint32_t ordinal = 0;
@@ -254,8 +300,7 @@ static PyObject *window(PyObject *self, PyObject *args) {
             out_of_memory = 1;
         Py_END_ALLOW_THREADS
     }
-    free(high);
-    free(low);
+    free(select);
     free(words);
     free(tied_inside);
     if (out_of_memory)
@@ -263,8 +308,51 @@ static PyObject *window(PyObject *self, PyObject *args) {
     return PyBool_FromLong(ok);
 }
 
+/* stable_window(values, kind, n, start, stop, descending, inside) -> None
+ *
+ * As window(), for a stable sort: entries equal to a boundary key take their positions in index
+ * order, so the window holds a run of them and needs no replay (--fast-sparsify). A radix select
+ * and one pass: linear time, no scratch beyond the select's histograms. */
+static PyObject *stable_window(PyObject *self, PyObject *args) {
+    unsigned long long values_address, inside_address;
+    long long n, start, stop;
+    int kind, descending;
+    if (!parse_window_args(args, &values_address, &kind, &n, &start, &stop, &descending, &inside_address))
+        return NULL;
+    const void *values = (const void *)(uintptr_t)values_address;
+    uint8_t *inside = (uint8_t *)(uintptr_t)inside_address;
+    if (start >= stop) {
+        memset(inside, 0, (size_t)n);
+        Py_RETURN_NONE;
+    }
+    Select *select = new_select(values, kind, n);
+    if (select == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    Boundaries b;
+    find_boundaries(select, start, stop, descending, &b);
+    /* Tied entries of key[side] hold positions before[side], before[side] + 1, ... in index order;
+     * those at positions [start, stop) are in. */
+    int64_t seen[2] = {0, 0};
+    uint32_t lowest = b.key[0] < b.key[1] ? b.key[0] : b.key[1];
+    uint32_t highest = b.key[0] ^ b.key[1] ^ lowest;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t k = magnitude_key(values, kind, i);
+        int side = k == b.key[0] ? 0 : k == b.key[1] ? 1 : -1;
+        if (side >= 0) {
+            int64_t position = b.before[side] + seen[side]++;
+            inside[i] = start <= position && position < stop;
+        } else
+            inside[i] = lowest < k && k < highest;
+    }
+    Py_END_ALLOW_THREADS
+    free(select);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"window", window, METH_VARARGS, "Entries an unstable torch CPU sort of magnitudes puts at positions [start, stop)."},
+    {"stable_window", stable_window, METH_VARARGS, "Entries a stable sort of magnitudes puts at positions [start, stop)."},
     {NULL, NULL, 0, NULL},
 };
 

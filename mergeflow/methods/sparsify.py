@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from mergeflow.methods.introsort import argsort_magnitudes, magnitude_window, sort_keys
+from mergeflow.methods.introsort import argsort_magnitudes, magnitude_window, stable_magnitude_window
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
@@ -37,32 +37,6 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def stable_rank_window(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Which entries of the 1-D ``keys`` a stable ascending sort would put at positions
-    ``start..stop-1``, found by selection (``kthvalue``) in linear time instead of a sort.
-
-    Entries strictly between the two boundary values are in; entries equal to a boundary value
-    hold consecutive positions in index order (that is what makes the sort stable), so the
-    window takes a run of them.
-    """
-    inside = torch.zeros_like(keys, dtype=torch.bool)
-    if start >= stop:
-        return inside
-    high = torch.kthvalue(keys, stop).values
-    inside = keys < high
-    boundaries = [high]
-    if start > 0:
-        low = torch.kthvalue(keys, start + 1).values
-        inside &= keys > low
-        if low != high:
-            boundaries.append(low)
-    for value in boundaries:
-        tied = (keys == value).nonzero().squeeze(1)
-        first = int((keys < value).sum())
-        inside[tied[max(start - first, 0) : max(stop - first, 0)]] = True
-    return inside
-
-
 def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = False) -> torch.Tensor:
     """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude.
 
@@ -76,11 +50,8 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = F
     if density <= 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    if fast:
-        # A stable descending sort of the keys is a stable ascending sort of their negation.
-        inside = stable_rank_window(sort_keys(delta).neg_(), 0, k)
-    else:
-        inside = magnitude_window(delta, 0, k, descending=True)
+    window = stable_magnitude_window if fast else magnitude_window
+    inside = window(delta, 0, k, descending=True)
     return _rescaled(delta, inside.view(delta.shape), rescale)
 
 
@@ -94,10 +65,8 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescal
     keep = int(density * count)
     top = int(gamma * count)
     bottom = max(0, count - keep - top)
-    if fast:
-        inside = stable_rank_window(sort_keys(delta), bottom, bottom + keep)
-    else:
-        inside = magnitude_window(delta, bottom, bottom + keep, descending=False)
+    window = stable_magnitude_window if fast else magnitude_window
+    inside = window(delta, bottom, bottom + keep, descending=False)
     return _rescaled(delta, inside.view(delta.shape), rescale)
 
 

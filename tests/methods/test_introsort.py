@@ -1,4 +1,5 @@
-"""The exact sort window: the same members as torch's own unstable sort, ties included."""
+"""The sort windows: the same members as torch's own unstable sort, ties included, and for
+--fast-sparsify as its stable sort."""
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from mergeflow.methods import introsort
 native = pytest.mark.skipif(not introsort.native_matches_torch(), reason="the native kernel is not built here (no C compiler at install)")
 
 
-def _by_torch_sort(values: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
+def _by_torch_sort(values: torch.Tensor, start: int, stop: int, descending: bool, stable: bool = False) -> torch.Tensor:
     """mergekit's window: its sort of the magnitudes, as float32."""
-    order = torch.sort(values.abs().float().reshape(-1), descending=descending).indices
+    order = torch.sort(values.abs().float().reshape(-1), descending=descending, stable=stable).indices
     inside = torch.zeros(values.numel(), dtype=torch.bool)
     inside[order[start:stop]] = True
     return inside
@@ -34,6 +35,21 @@ def test_window_has_the_members_torch_sort_puts_there(entries, a, b, descending,
     assert torch.equal(introsort.magnitude_window(tensor, start, stop, descending), expected)
 
 
+@settings(max_examples=200, deadline=None)
+@given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans(),
+       st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]), st.booleans())
+def test_stable_window_has_the_members_a_stable_sort_puts_there(entries, a, b, descending, dtype, native_kernel):
+    """Natively (a radix select) and through torch's stable sort, which float64 and a build
+    without the kernel use."""
+    tensor = torch.tensor(entries, dtype=torch.float32).to(dtype)
+    start, stop = sorted((min(a, len(entries)), min(b, len(entries))))
+    expected = _by_torch_sort(tensor, start, stop, descending, stable=True)
+    with pytest.MonkeyPatch.context() as patch:
+        if not native_kernel:
+            patch.setattr(introsort, "_introsort", None)
+        assert torch.equal(introsort.stable_magnitude_window(tensor, start, stop, descending), expected)
+
+
 @native
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("descending", [True, False])
@@ -47,6 +63,8 @@ def test_magnitudes_of_a_large_tensor(descending, dtype):
     for start, stop in ((0, n // 10), (n // 4, n // 2), (0, n - 1), (0, n)):
         assert torch.equal(introsort.magnitude_window(tensor, start, stop, descending),
                            _by_torch_sort(tensor, start, stop, descending))
+        assert torch.equal(introsort.stable_magnitude_window(tensor, start, stop, descending),
+                           _by_torch_sort(tensor, start, stop, descending, stable=True))
     assert torch.equal(tensor, original)
 
 

@@ -100,19 +100,6 @@ def test_della_edges():
             sparsify.della_magprune(delta, density, 0.15, True)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    values=st.lists(st.integers(0, 6), min_size=1, max_size=80),
-    window=st.tuples(st.floats(0, 1), st.floats(0, 1)),
-)
-def test_stable_rank_window_is_what_a_stable_sort_puts_there(values, window):
-    keys = torch.tensor(values, dtype=torch.float32)  # few distinct values: ties everywhere
-    start, stop = sorted(int(f * len(values)) for f in window)
-    expected = torch.zeros(len(values), dtype=torch.bool)
-    expected[torch.argsort(keys, stable=True)[start:stop]] = True
-    assert torch.equal(sparsify.stable_rank_window(keys, start, stop), expected)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fast_selection_keeps_the_same_magnitudes_and_breaks_ties_by_index(dtype):
     delta = (torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
