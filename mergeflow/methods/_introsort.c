@@ -38,6 +38,7 @@
 #define SECOND 0x40000000u /* ... tied with the second boundary key */
 #define ORDINAL 0x3FFFFFFFu
 #define NAN_KEY 0x7FFFFFFFu
+#define NAN_KEY16 0x8000u /* half-precision keys fit in 16 bits, so their radix select is one pass */
 
 enum Kind { BFLOAT16 = 0, FLOAT16 = 1, FLOAT32 = 2 };
 
@@ -47,10 +48,10 @@ static inline uint32_t magnitude_key(const void *data, int kind, int64_t i) {
     switch (kind) {
     case BFLOAT16:
         bits = ((const uint16_t *)data)[i] & 0x7FFFu;
-        return bits > 0x7F80u ? NAN_KEY : bits;
+        return bits > 0x7F80u ? NAN_KEY16 : bits;
     case FLOAT16:
         bits = ((const uint16_t *)data)[i] & 0x7FFFu;
-        return bits > 0x7C00u ? NAN_KEY : bits;
+        return bits > 0x7C00u ? NAN_KEY16 : bits;
     default:
         bits = ((const uint32_t *)data)[i] & 0x7FFFFFFFu;
         return bits > 0x7F800000u ? NAN_KEY : bits;
@@ -204,8 +205,11 @@ typedef struct {
 } Boundaries;
 
 static void find_boundaries(Select *s, int64_t start, int64_t stop, int descending, Boundaries *b) {
-    for (int64_t i = 0; i < s->n; ++i)
-        ++s->high[magnitude_key(s->data, s->kind, i) >> 16];
+    if (s->kind == FLOAT32)
+        for (int64_t i = 0; i < s->n; ++i)
+            ++s->high[magnitude_key(s->data, s->kind, i) >> 16];
+    else
+        s->high[0] = s->n;
     int64_t positions[2] = {start, stop - 1};
     for (int side = 0; side < 2; ++side) {
         int64_t rank = descending ? s->n - 1 - positions[side] : positions[side], below;
