@@ -10,7 +10,7 @@ CORES  ?= all
 venv: $(STAMP)
 
 # torch is pinned first so that nothing pulls an unpinned (CUDA) build.
-$(STAMP): pyproject.toml setup.py mergeflow/methods/_introsort.c
+$(STAMP): pyproject.toml setup.py mergeflow/methods/_introsort.c mergeflow/methods/_elementwise.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"

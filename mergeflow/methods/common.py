@@ -12,6 +12,9 @@ from .registry import MergeInputs
 # stays in cache while every input's slice is added to it.
 CHUNK = 1 << 18
 
+# The dtypes the native kernels read, by the number they take for each.
+NATIVE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype mergekit 0.1.5 accumulates in: float32, widened only for float64 inputs."""

@@ -21,6 +21,8 @@ import logging
 
 import torch
 
+from mergeflow.methods.common import NATIVE_KINDS
+
 try:
     from mergeflow.methods import _introsort
 except ImportError:  # built optionally (setup.py): without a compiler, torch's sort
@@ -39,7 +41,7 @@ def sort_keys(values: torch.Tensor) -> torch.Tensor:
 def magnitude_window(values: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
     """A flat bool mask of the entries of ``values`` that mergekit's sort of their magnitudes
     (``torch.sort(sort_keys(values), descending=descending)``) puts at positions ``start..stop-1``."""
-    kind = _NATIVE_KINDS.get(values.dtype)
+    kind = NATIVE_KINDS.get(values.dtype)
     if kind is not None and values.device.type == "cpu" and native_matches_torch():
         flat = values.reshape(-1).contiguous()
         inside = torch.empty(flat.shape, dtype=torch.bool)
@@ -52,16 +54,13 @@ def stable_magnitude_window(values: torch.Tensor, start: int, stop: int, descend
     """As :func:`magnitude_window` for a stable sort: among equal magnitudes the lowest flat
     indices come first (``--fast-sparsify``). Natively a radix select and one pass, with no scratch
     beyond its histograms; elsewhere torch's stable sort."""
-    kind = _NATIVE_KINDS.get(values.dtype)
+    kind = NATIVE_KINDS.get(values.dtype)
     if kind is not None and values.device.type == "cpu" and _introsort is not None:
         flat = values.reshape(-1).contiguous()
         inside = torch.empty(flat.shape, dtype=torch.bool)
         _introsort.stable_window(flat.data_ptr(), kind, flat.numel(), start, stop, descending, inside.data_ptr())
         return inside
     return _sorted_window_by_sort(sort_keys(values), start, stop, descending, stable=True)
-
-
-_NATIVE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
 
 def argsort_magnitudes(magnitudes: torch.Tensor, dim: int) -> torch.Tensor:
@@ -102,7 +101,7 @@ def native_matches_torch() -> bool:
         torch.where(torch.rand(20_011, generator=generator) < 0.01, float("nan"), torch.randn(20_011, generator=generator)),
     ]
     for values in probes:
-        n, kind = values.numel(), _NATIVE_KINDS[values.dtype]
+        n, kind = values.numel(), NATIVE_KINDS[values.dtype]
         for descending in (True, False):
             order = torch.sort(sort_keys(values), descending=descending).indices
             for start, stop in ((0, n // 5), (n // 3, n - 17), (1, n)):

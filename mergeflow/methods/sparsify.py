@@ -12,15 +12,24 @@ deterministic parts of several tensors at once and still draw their masks in ord
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import torch
 
+from mergeflow.methods.common import NATIVE_KINDS
 from mergeflow.methods.introsort import argsort_magnitudes, magnitude_window, stable_magnitude_window
+
+try:
+    from mergeflow.methods import _elementwise
+except ImportError:  # built optionally (setup.py): without a compiler, torch's operations
+    _elementwise = None
+
+log = logging.getLogger("mergeflow")
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    masked = delta * mask
+    masked = _masked(delta, mask)
     if not rescale:
         return masked
     before = delta.abs().sum()
@@ -28,6 +37,40 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.T
     if before < 1e-7 or after < 1e-7:
         return masked
     return masked * (before / after)
+
+
+def _masked(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``delta * mask``; for a bool mask on CPU natively, with the same bits (torch multiplies by
+    bools through a slow kernel), unless a value is not finite."""
+    kind = NATIVE_KINDS.get(delta.dtype)
+    if (kind is not None and mask.dtype == torch.bool and delta.device.type == "cpu" and mask.shape == delta.shape
+            and native_masking_matches_torch()):
+        values, keep = delta.contiguous(), mask.contiguous()
+        out = torch.empty_like(values)
+        if _elementwise.masked(kind, values.numel(), values.data_ptr(), keep.data_ptr(), out.data_ptr()):
+            return out
+    return delta * mask
+
+
+@functools.cache
+def native_masking_matches_torch() -> bool:
+    """Whether the kernel is built and masks as torch multiplies, on probes with zeros of both
+    signs and subnormals, in every dtype it reads."""
+    if _elementwise is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(4099, generator=generator)
+    values[::7], values[1::7], values[2::7] = 0.0, -0.0, -(2.0**-133)
+    values[3::7] = 2.0**-24
+    mask = torch.rand(4099, generator=generator) < 0.5
+    for dtype, kind in NATIVE_KINDS.items():
+        typed = values.to(dtype)
+        out = torch.empty_like(typed)
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        if not _elementwise.masked(kind, 4099, typed.data_ptr(), mask.data_ptr(), out.data_ptr()) or not torch.equal(out.view(bits), (typed * mask).view(bits)):
+            log.warning("the native masking kernel does not match this torch; masking with torch (slower)")
+            return False
+    return True
 
 
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:

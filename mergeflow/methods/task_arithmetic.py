@@ -8,6 +8,8 @@ entries may add up, so they share one implementation and differ by two knobs.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
@@ -15,8 +17,15 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import sparsify
-from .common import elementwise_in_chunks, fail, majority_sign_mask, require_base
+from .common import NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
+
+try:
+    from . import _elementwise
+except ImportError:  # built optionally (setup.py): without a compiler, torch's operations
+    _elementwise = None
+
+log = logging.getLogger("mergeflow")
 
 
 # In plan order: draw a delta's random mask; returns the step that applies it (no draws there).
@@ -89,36 +98,99 @@ def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier 
 
 def merge(inputs: MergeInputs, sparsifier: Sparsifier | None, sign_consensus: bool) -> torch.Tensor:
     """Add the weighted (optionally sign-elected) sum of the sparsified task vectors to the base;
-    the weights are rounded to the merge dtype, as in mergekit. Past sparsification every step
-    is per element (the sums run over models), so it runs chunk by chunk."""
+    the weights are rounded to the merge dtype, as in mergekit. Past sparsification every step is
+    per element (the sums run over models): natively in one pass where the kernel applies
+    (:func:`_combine_natively`), else with mergekit's operations chunk by chunk."""
     base = require_base(inputs)
     deltas = _sparsified(inputs, base, sparsifier, inputs.params["rescale"])
     if not deltas:
         return base
     weights = torch.tensor([p["weight"] for p in inputs.other_params], dtype=base.dtype, device=base.device)
-    params = inputs.params
-
-    def combine(tensors: list[torch.Tensor]) -> torch.Tensor:
-        base_part, delta_parts = tensors[0], tensors[1:]
-        stacked = torch.stack(delta_parts, dim=0)
-        model_weights = weights.view((-1,) + (1,) * base_part.dim())
-        weighted = stacked * model_weights
-        if sign_consensus:
-            mask = majority_sign_mask(weighted, params["int8_mask"])
-            mixed = (weighted * mask).sum(dim=0)
-            divisor = (model_weights * mask).sum(dim=0)
-            divisor[divisor == 0] = 1
-        else:
-            mixed = weighted.sum(dim=0)
-            divisor = model_weights.sum(dim=0)
-            divisor[divisor.abs() < 1e-8] = 1
-        if params["normalize"]:
-            mixed = mixed / divisor
-        if params["lambda"] != 1:
-            mixed = mixed * params["lambda"]
-        return base_part + mixed
-
+    combined = _combine_natively(base, deltas, weights, inputs.params, sign_consensus)
+    if combined is not None:
+        return combined
+    combine = partial(_combine_as_written, weights, inputs.params, sign_consensus)
     return elementwise_in_chunks(combine, [base, *deltas], base.dtype)
+
+
+def _combine_as_written(weights: torch.Tensor, params: Mapping[str, Any], sign_consensus: bool, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """mergekit's combination of the base and the sparsified deltas, operation for operation."""
+    base_part, delta_parts = tensors[0], tensors[1:]
+    model_weights = weights.view((-1,) + (1,) * base_part.dim())
+    weighted = torch.stack(delta_parts, dim=0) * model_weights
+    if sign_consensus:
+        mask = majority_sign_mask(weighted, params["int8_mask"])
+        mixed = (weighted * mask).sum(dim=0)
+        divisor = (model_weights * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = _unelected_divisor(model_weights)
+    if params["normalize"]:
+        mixed = mixed / divisor
+    if params["lambda"] != 1:
+        mixed = mixed * params["lambda"]
+    return base_part + mixed
+
+
+def _unelected_divisor(model_weights: torch.Tensor) -> torch.Tensor:
+    """Without an election every model counts: the weights' sum, 1 where it is about zero."""
+    divisor = model_weights.sum(dim=0)
+    divisor[divisor.abs() < 1e-8] = 1
+    return divisor
+
+
+def _combine_natively(base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: Mapping[str, Any], sign_consensus: bool) -> torch.Tensor | None:
+    """:func:`_combine_as_written` by the native kernel (``_elementwise.c``): the same float operations
+    per element, in one pass and without temporaries. None where it does not apply (not built or
+    not matching torch here, an accelerator, float64, a ``lambda``, over 4 models) or a result
+    is not finite, whose bits only torch's own kernels decide."""
+    kind = NATIVE_KINDS.get(base.dtype)
+    if (kind is None or base.device.type != "cpu" or params["lambda"] != 1 or len(deltas) > _MAX_NATIVE_MODELS
+            or any(d.shape != base.shape or d.dtype != base.dtype for d in deltas) or not native_combine_matches_torch()):
+        return None
+    return _native(kind, base, deltas, weights, sign_consensus, params["normalize"])
+
+
+_MAX_NATIVE_MODELS = 4  # torch sums up to 4 rows in one plain loop at every position, as the kernel does
+
+
+def _native(kind: int, base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, sign_consensus: bool, normalize: bool) -> torch.Tensor | None:
+    base = base.contiguous()
+    deltas = [d.contiguous() for d in deltas]
+    out = torch.empty_like(base)
+    divisor = 1.0 if sign_consensus else _unelected_divisor(weights.view(-1, 1)).item()
+    finite = _elementwise.combine(kind, base.numel(), base.data_ptr(), tuple(d.data_ptr() for d in deltas), tuple(weights.tolist()),
+                              sign_consensus, normalize, divisor, out.data_ptr())
+    return out if finite else None
+
+
+@functools.cache
+def native_combine_matches_torch() -> bool:
+    """Whether the kernel is built and gives torch's bits on probes: sums over 1 to 4 models that
+    cancel, zeros of both signs, subnormals, zero and negative weights, every dtype it reads, and
+    a tail shorter than a vector block."""
+    if _elementwise is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 1e4, -1e4, 0.5, -2.5])
+    for dtype, kind in NATIVE_KINDS.items():
+        for models in range(1, _MAX_NATIVE_MODELS + 1):
+            rows = pool[torch.randint(len(pool), (models + 1, 4099), generator=generator)]
+            rows = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
+            weights = torch.tensor([0.3, -0.5, 1.0, 0.0][:models], dtype=dtype)
+            for sign_consensus in (True, False):
+                for normalize in (True, False):
+                    params = {"int8_mask": False, "normalize": normalize, "lambda": 1.0}
+                    expected = _combine_as_written(weights, params, sign_consensus, list(rows))
+                    native = _native(kind, rows[0], list(rows[1:]), weights, sign_consensus, normalize)
+                    if native is None or not torch.equal(native.view(_BITS[dtype]), expected.view(_BITS[dtype])):
+                        log.warning("the native task-arithmetic kernel does not match this torch; combining with torch (slower)")
+                        return False
+    return True
+
+
+_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 
 def _register(

@@ -168,3 +168,24 @@ def test_drawing_uniforms_gives_bernoullis_masks_and_leaves_the_generator_alike(
     slow, after_slow = run()
     assert fast.dtype == dtype and torch.equal(fast.view(torch.uint8), slow.view(torch.uint8))
     assert torch.equal(after_fast, after_slow)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.0, 2.0**-133, -(2.0**-24), 3e38, float("inf"), float("nan")]) | st.floats(width=32),
+                    min_size=0, max_size=300),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_masking_has_torchs_bits(values, dtype, seed):
+    """A bool mask applied natively gives the bits of ``delta * mask``: kept entries as they are,
+    dropped ones as zeros of their sign; NaN and inf through torch itself."""
+    delta = torch.tensor(values, dtype=torch.float32).to(dtype)
+    mask = torch.rand(len(values), generator=torch.Generator().manual_seed(seed)) < 0.5
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
+    assert torch.equal(sparsify._masked(delta, mask).view(bits), (delta * mask).view(bits))
+
+
+def test_native_masking_is_used_here():
+    """The kernel is built (setup.py) and matched torch's bits on this torch's probes."""
+    assert sparsify.native_masking_matches_torch()

@@ -1,5 +1,9 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mergeflow.methods import task_arithmetic
 
 BASE = torch.tensor([10.0, 20.0, 30.0, 40.0])
 # hand-made task vectors for a three-model sign election
@@ -123,21 +127,65 @@ def _whole_tensor_combination(base, deltas, weights, sign_consensus, normalize, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("models", [1, 2, 3, 4])
+@pytest.mark.parametrize("models", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
-def test_large_tensors_combined_by_chunks_keep_the_whole_tensor_bits(merge, dtype, models, method):
-    """Above one chunk the sign election and weighted sum run a chunk at a time: the same bits
-    as over the whole tensor, for every model count (sums over models), with zeros and
-    infinities among the deltas."""
+@pytest.mark.parametrize("infinities", [False, True])
+def test_large_tensors_keep_the_whole_tensor_bits(merge, dtype, models, method, infinities):
+    """Natively in one pass, or a chunk at a time with torch (infinities among the deltas, or
+    over 4 models): the same bits as mergekit's operations over the whole tensor, for every
+    model count (sums over models), with zeros among the deltas."""
     generator = torch.Generator().manual_seed(models)
     base = torch.randn(700, 977, generator=generator).to(dtype)
     others = [(base + torch.randn(700, 977, generator=generator) * 0.1).to(dtype) for _ in range(models)]
     others[0].view(-1)[::13] = base.view(-1)[::13]  # zero deltas: sign 0, never elected
-    others[-1].view(-1)[5::10007] = float("inf")
-    weights = [0.3, 0.7, 0.45, 1.0][:models]
+    if infinities:
+        others[-1].view(-1)[5::10007] = float("inf")
+    weights = [0.3, 0.7, 0.45, 1.0, -0.2][:models]
     ties = method == "ties"
     expected = _whole_tensor_combination(base, [o - base for o in others], weights, ties, ties, 0.9)
     out = merge(method, others + [base], base_index=models, params={"normalize": ties, "lambda": 0.9},
                 model_params=[{"weight": w} for w in weights] + [{}])
     bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
     assert torch.equal(out.view(bits), expected.view(bits))
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 1e-3, -1e-3, 2.0**-130, -(2.0**-140), 6e4, -6e4, 1e30, -1e30, 3e38, -3e38]
+_NONFINITE = [float("inf"), float("-inf"), float("nan")]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # merge is stateless
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]),
+    models=st.integers(1, 6),
+    method=st.sampled_from(["task_arithmetic", "ties"]),
+    finite=st.booleans(),
+    int8_mask=st.booleans(),
+    normalize=st.booleans(),
+    lam=st.sampled_from([1.0, 1.0, 0.9, -1.5]),
+    native=st.booleans(),
+)
+def test_combination_has_mergekits_bits(merge, data, dtype, models, method, finite, int8_mask, normalize, lam, native):
+    """Natively where the kernel applies, with torch's operations where it does not or where a
+    result is not finite: either way mergekit's bits, with cancelling sums over up to six models,
+    signed zeros, subnormals, overflow, zero and negative weights, and NaN and inf among the deltas."""
+    value = st.sampled_from(_SPECIAL + ([] if finite else _NONFINITE)) | st.floats(-1e4, 1e4, width=32)
+    size = data.draw(st.integers(1, 40))
+    rows = [torch.tensor(data.draw(st.lists(value, min_size=size, max_size=size)), dtype=dtype) for _ in range(models + 1)]
+    base, others = rows[0], rows[1:]
+    weights = data.draw(st.lists(st.sampled_from([0.3, 0.7, 1.0, -0.5, 0.0, 1e-3, 2.0]) | st.floats(-3, 3), min_size=models, max_size=models))
+    ties = method == "ties"
+    params = {"normalize": normalize, "lambda": lam, "int8_mask": int8_mask}
+    expected = _whole_tensor_combination(base, [o - base for o in others], weights, ties, normalize, lam)
+    with pytest.MonkeyPatch.context() as patch:
+        if not native:
+            patch.setattr(task_arithmetic, "native_combine_matches_torch", lambda: False)
+        out = merge(method, others + [base], base_index=models, params=params, model_params=[{"weight": w} for w in weights] + [{}])
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
+    assert torch.equal(out.view(bits), expected.view(bits))
+
+
+def test_native_combination_is_used_here():
+    """The kernel is built (setup.py) and matched torch's bits on this torch's probes; otherwise
+    the tests above check torch's operations only."""
+    assert task_arithmetic.native_combine_matches_torch()

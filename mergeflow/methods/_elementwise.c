@@ -1,0 +1,292 @@
+/* The task-arithmetic family's per-element passes, natively: a sparsifier's mask applied to a task
+ * vector, and the combination of the sparse task vectors with the base (mergekit-semantics §7.6,
+ * steps 4-5).
+ *
+ * mergekit runs the combination as a dozen whole-tensor torch operations: weighted deltas, a sign
+ * election, masked sums over the models, a division and the base added back. Each rounds to the
+ * merge dtype as torch does: float32 arithmetic, then round-to-nearest-even. These kernels make the
+ * same float operations in the same order for each element and round where torch rounds, so they
+ * give the same bits, without the tensor-sized temporaries and the slow bool and half-precision
+ * reduction kernels. torch sums up to 4 rows over dim 0 one row after another from +0 at every
+ * position (from 5 rows on, the positions past its last whole vector block take another order), so
+ * a sum here is the same loop. An entry the election drops adds its ±0 product there; here it adds
+ * +0, and neither changes a sum that starts from +0.
+ *
+ * Only finite values are vouched for: NaN and inf bits depend on which torch kernel (vectorised
+ * or not) made them. The kernels report a non-finite value, and the caller recomputes that tensor
+ * with torch's operations. Python checks them against those operations on probes before using
+ * them (mergeflow/methods/sparsify.py, task_arithmetic.py).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_MODELS 4 /* torch's sum over up to 4 rows is a plain loop everywhere */
+
+enum Kind { BFLOAT16 = 0, FLOAT16 = 1, FLOAT32 = 2 };
+
+static inline float from_bits(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline uint32_t to_bits(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2**-24, exact in float */
+        float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        return from_bits(to_bits(magnitude) | sign);
+    }
+    if (exponent == 31)
+        return from_bits(sign | 0x7F800000u | (mantissa << 13));
+    return from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+/* Round to nearest, ties to even, as torch converts float32 to float16 (NaN is never kept). */
+static inline uint16_t float_to_half(float value) {
+    uint32_t bits = to_bits(value), sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7FFFFFFFu;
+    if (magnitude >= 0x7F800000u)
+        return (uint16_t)(sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u));
+    if (magnitude >= 0x477FF000u) /* 65520 and above round to inf */
+        return (uint16_t)(sign | 0x7C00u);
+    if (magnitude < 0x38800000u) { /* below 2**-14: a subnormal, a multiple of 2**-24 */
+        float scaled = from_bits(magnitude) * 16777216.0f; /* exact: a power of two */
+        uint32_t whole = (uint32_t)scaled;
+        float rest = scaled - (float)whole;
+        if (rest > 0.5f || (rest == 0.5f && (whole & 1u)))
+            ++whole;
+        return (uint16_t)(sign | whole);
+    }
+    uint32_t half = (magnitude >> 13) - (112u << 10), rest = magnitude & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u)))
+        ++half; /* a carry into the exponent is the right rounding, up to inf */
+    return (uint16_t)(sign | half);
+}
+
+static inline float load(const void *data, int kind, int64_t i) {
+    switch (kind) {
+    case BFLOAT16:
+        return from_bits((uint32_t)((const uint16_t *)data)[i] << 16);
+    case FLOAT16:
+        return half_to_float(((const uint16_t *)data)[i]);
+    default:
+        return ((const float *)data)[i];
+    }
+}
+
+/* A float32 result rounded to the merge dtype and read back (float32 itself is unchanged). */
+static inline float rounded(float value, int kind) {
+    switch (kind) {
+    case BFLOAT16: {
+        uint32_t bits = to_bits(value);
+        return from_bits(((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16);
+    }
+    case FLOAT16:
+        return half_to_float(float_to_half(value));
+    default:
+        return value;
+    }
+}
+
+static inline void store(void *data, int kind, int64_t i, float value) {
+    switch (kind) {
+    case BFLOAT16:
+        ((uint16_t *)data)[i] = (uint16_t)(to_bits(value) >> 16); /* already rounded */
+        break;
+    case FLOAT16:
+        ((uint16_t *)data)[i] = float_to_half(value);
+        break;
+    default:
+        ((float *)data)[i] = value;
+    }
+}
+
+static inline int is_finite(float value) { return (to_bits(value) & 0x7F800000u) != 0x7F800000u; }
+
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* The combination of elements [0, n); returns whether every result and every sum over the models
+ * is finite. */
+static ALWAYS_INLINE int combine_elements(int kind, int64_t n, const void *base, const void *const *deltas, const float *weights,
+                                          Py_ssize_t models, int sign_consensus, int normalize, float fixed_divisor, void *out) {
+    int all_finite = 1;
+    float weighted[MAX_MODELS];
+    for (int64_t i = 0; i < n; ++i) {
+        float total = 0.0f;
+        for (Py_ssize_t m = 0; m < models; ++m) {
+            weighted[m] = rounded(load(deltas[m], kind, i) * weights[m], kind);
+            total += weighted[m];
+        }
+        float mixed, divisor;
+        if (sign_consensus) {
+            /* The rounded sum has the same sign, and a zero sum elects +. All-ones masks, so
+             * that the loop has no branch and vectorises. */
+            uint32_t negative = 0u - (uint32_t)(total < 0.0f);
+            mixed = 0.0f;
+            divisor = 0.0f;
+            for (Py_ssize_t m = 0; m < models; ++m) {
+                uint32_t below = 0u - (uint32_t)(weighted[m] < 0.0f), above = 0u - (uint32_t)(weighted[m] > 0.0f);
+                uint32_t keep = (below & negative) | (above & ~negative);
+                mixed += from_bits(to_bits(weighted[m]) & keep);
+                divisor += from_bits(to_bits(weights[m]) & keep);
+            }
+            mixed = rounded(mixed, kind);
+            divisor = rounded(divisor, kind);
+            divisor += (float)(divisor == 0.0f); /* 0 becomes 1; any other divisor gains +0 */
+        } else {
+            mixed = rounded(total, kind);
+            divisor = fixed_divisor;
+        }
+        if (normalize)
+            mixed = rounded(mixed / divisor, kind);
+        float result = rounded(load(base, kind, i) + mixed, kind);
+        /* A non-finite weighted delta makes the sum non-finite; the election may have dropped it
+         * here, where torch's NaN * 0 would have kept it. */
+        all_finite &= is_finite(total) & is_finite(result);
+        store(out, kind, i, result);
+    }
+    return all_finite;
+}
+
+/* combine_elements with its kind, model count and flags fixed at compile time, so that the loop
+ * over elements unrolls the models, has no branch, and vectorises. */
+#define ELEMENTS(KIND, MODELS, CONSENSUS, NORMALIZE) \
+    return combine_elements(KIND, n, base, deltas, weights, MODELS, CONSENSUS, NORMALIZE, fixed_divisor, out)
+#define FOR_MODELS(KIND, CONSENSUS, NORMALIZE)         \
+    switch (models) {                                 \
+    case 1:                                           \
+        ELEMENTS(KIND, 1, CONSENSUS, NORMALIZE);      \
+    case 2:                                           \
+        ELEMENTS(KIND, 2, CONSENSUS, NORMALIZE);      \
+    case 3:                                           \
+        ELEMENTS(KIND, 3, CONSENSUS, NORMALIZE);      \
+    default:                                          \
+        ELEMENTS(KIND, 4, CONSENSUS, NORMALIZE);      \
+    }
+#define FOR_FLAGS(KIND)                  \
+    if (sign_consensus) {                \
+        if (normalize)                   \
+            FOR_MODELS(KIND, 1, 1)       \
+        else                             \
+            FOR_MODELS(KIND, 1, 0)       \
+    } else {                             \
+        if (normalize)                   \
+            FOR_MODELS(KIND, 0, 1)       \
+        else                             \
+            FOR_MODELS(KIND, 0, 0)       \
+    }
+
+static int combine_of_kind(int kind, int64_t n, const void *base, const void *const *deltas, const float *weights,
+                           Py_ssize_t models, int sign_consensus, int normalize, float fixed_divisor, void *out) {
+    switch (kind) {
+    case BFLOAT16:
+        FOR_FLAGS(BFLOAT16)
+    case FLOAT16:
+        FOR_FLAGS(FLOAT16)
+    default:
+        FOR_FLAGS(FLOAT32)
+    }
+}
+
+/* combine(kind, n, base, deltas, weights, sign_consensus, normalize, divisor, out) -> bool
+ *
+ * base, out: addresses of n values of the merge dtype (kind 0 bfloat16, 1 float16, 2 float32);
+ * deltas: a tuple of such addresses, one per model (at most 4); weights: the models' weights,
+ * already rounded to the merge dtype; divisor: without sign consensus, the divisor mergekit
+ * computes from the weights alone. out = base + the (elected, optionally normalised) weighted sum
+ * of the deltas. False when a result or a sum over the models is not finite (``out`` then holds
+ * no meaning). */
+static PyObject *combine(PyObject *self, PyObject *args) {
+    int kind, sign_consensus, normalize;
+    long long n;
+    unsigned long long base_address, out_address;
+    PyObject *delta_addresses, *weight_values;
+    double divisor_value;
+    if (!PyArg_ParseTuple(args, "iLKO!O!ppdK", &kind, &n, &base_address, &PyTuple_Type, &delta_addresses, &PyTuple_Type,
+                          &weight_values, &sign_consensus, &normalize, &divisor_value, &out_address))
+        return NULL;
+    Py_ssize_t models = PyTuple_GET_SIZE(delta_addresses);
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || models < 1 || models > MAX_MODELS ||
+        PyTuple_GET_SIZE(weight_values) != models) {
+        PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-4 deltas and one weight each");
+        return NULL;
+    }
+    const void *deltas[MAX_MODELS];
+    float weights[MAX_MODELS];
+    for (Py_ssize_t m = 0; m < models; ++m) {
+        deltas[m] = (const void *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delta_addresses, m));
+        weights[m] = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(weight_values, m));
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    const void *base = (const void *)(uintptr_t)base_address;
+    void *out = (void *)(uintptr_t)out_address;
+    const float fixed_divisor = (float)divisor_value;
+    int all_finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    all_finite = combine_of_kind(kind, n, base, deltas, weights, models, sign_consensus, normalize, fixed_divisor, out);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(all_finite);
+}
+
+/* masked(kind, n, values, mask, out) -> bool
+ *
+ * out = values * mask for a bool mask, as torch multiplies: a kept entry as it is, a dropped one as
+ * a zero of its sign. values, out: addresses of n values of kind 0 (bfloat16), 1 (float16) or 2
+ * (float32); mask: of n bytes, 0 or 1. False, with ``out`` of no meaning, when a value is not
+ * finite (NaN * 1 and inf * 0 take their bits from torch's kernels). */
+static PyObject *masked(PyObject *self, PyObject *args) {
+    int kind;
+    long long n;
+    unsigned long long values_address, mask_address, out_address;
+    if (!PyArg_ParseTuple(args, "iLKKK", &kind, &n, &values_address, &mask_address, &out_address))
+        return NULL;
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "masked: kind 0-2 and n >= 0");
+        return NULL;
+    }
+    const uint8_t *mask = (const uint8_t *)(uintptr_t)mask_address;
+    uint32_t exponent = kind == BFLOAT16 ? 0x7F80u : kind == FLOAT16 ? 0x7C00u : 0x7F800000u;
+    uint32_t all_finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == FLOAT32) {
+        const uint32_t *values = (const uint32_t *)(uintptr_t)values_address;
+        uint32_t *out = (uint32_t *)(uintptr_t)out_address;
+        for (int64_t i = 0; i < n; ++i) {
+            all_finite &= (values[i] & exponent) != exponent;
+            out[i] = values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x80000000u);
+        }
+    } else {
+        const uint16_t *values = (const uint16_t *)(uintptr_t)values_address;
+        uint16_t *out = (uint16_t *)(uintptr_t)out_address;
+        for (int64_t i = 0; i < n; ++i) {
+            all_finite &= (values[i] & exponent) != exponent;
+            out[i] = (uint16_t)(values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x8000u));
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(all_finite);
+}
+
+static PyMethodDef methods[] = {
+    {"masked", masked, METH_VARARGS, "values * a bool mask."},
+    {"combine", combine, METH_VARARGS, "base + the weighted, optionally sign-elected and normalised sum of the deltas."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_elementwise", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__elementwise(void) { return PyModule_Create(&module); }
