@@ -6,7 +6,10 @@ script that imports torch, reads every input file with safetensors and writes an
 same size), mergekit, mergeflow, and for the magnitude-sparsifying methods mergeflow
 --fast-sparsify. It prints medians, ratios, peak RSS, whether mergeflow's output is bit-identical
 to mergekit's, and for --fast-sparsify how many mask entries differ from the exact ones. The
-figures in the README come from here.
+figures in the README come from here. Every tool runs from compiled bytecode, as an installed
+package does: mergeflow is compiled first, into its ``__pycache__`` (git-ignored). Otherwise,
+where PYTHONDONTWRITEBYTECODE is set (as on our CI machines), this checkout's editable install
+would be compiled again in every run, about 0.15 s that an installed package never spends.
 
     python benchmarks/bench_merge.py [--hidden 1024] [--layers 8] [--models 3] [--repeats 3]
                                      [--methods linear ties ...] [--tools floor mergekit mergeflow fast]
@@ -32,6 +35,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+import mergeflow
 
 PRESETS = {"llama-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=32000, models=2, methods=["linear", "ties"], tools=["floor", "mergeflow"], repeats=1)}
 GTA_PARAMS = {"ties": "", "dare_ties": "", "della": ", epsilon: 0.1", "breadcrumbs_ties": ", gamma: 0.01"}
@@ -176,6 +181,8 @@ def main() -> None:
     common = ["--random-seed", "1", "--quiet", "--device", args.device] + (["-j", str(args.threads)] if args.threads else [])
     with tempfile.TemporaryDirectory(prefix="mergeflow-bench-", dir=args.workdir) as tmp:
         root = Path(tmp)
+        environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(mergeflow.__file__).parent)], env=environment, check=True)
         names = ["base"] + [f"m{i}" for i in range(1, args.models)]
         models = [root / n for n in names]
         sizes = [build_model(m, seed, args.hidden, intermediate, args.layers, args.vocab) for seed, m in enumerate(models)]
@@ -197,7 +204,7 @@ def main() -> None:
                     out = root / f"out-{tool}"
                     shutil.rmtree(out, ignore_errors=True)
                     command = commands[tool](config_file, out, models) + (common if tool in ("mergekit", "mergeflow", "fast") else [])
-                    probe = subprocess.run([sys.executable, "-c", PROBE, *command], check=True, capture_output=True, text=True)
+                    probe = subprocess.run([sys.executable, "-c", PROBE, *command], check=True, capture_output=True, text=True, env=environment)
                     runs[tool].append(tuple(map(float, probe.stdout.split())))
             wall = {t: statistics.median(w for w, _ in runs[t]) for t in tools}
             peak = {t: max(m for _, m in runs[t]) for t in tools}
