@@ -21,10 +21,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_MODELS 4 /* torch's sum over up to 4 rows is a plain loop everywhere */
+#define MAX_THREADS 256
+#define MIN_PER_THREAD (1 << 18) /* fewer elements a thread would cost more than it saves */
 
 enum Kind { BFLOAT16 = 0, FLOAT16 = 1, FLOAT32 = 2 };
 
@@ -201,82 +204,167 @@ static int combine_of_kind(int kind, int64_t n, const void *base, const void *co
     }
 }
 
-/* combine(kind, n, base, deltas, weights, sign_consensus, normalize, divisor, out) -> bool
+/* How many threads to split n elements among: at most ``threads``, each with MIN_PER_THREAD. */
+static int threads_for(int64_t n, int threads) {
+    int64_t most = n / MIN_PER_THREAD;
+    if (most < 1)
+        most = 1;
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    return most < threads ? (int)most : threads;
+}
+
+/* Runs work(jobs[t]) for t < count, on count threads (this one included); a thread that cannot
+ * be started leaves its job to this one. The jobs write disjoint parts, so the bits do not depend
+ * on the split. */
+static void run_split(void *(*work)(void *), char *jobs, size_t job_size, int count) {
+    pthread_t started[MAX_THREADS];
+    int running[MAX_THREADS] = {0};
+    for (int t = 1; t < count; ++t)
+        running[t] = pthread_create(&started[t], NULL, work, jobs + (size_t)t * job_size) == 0;
+    work(jobs);
+    for (int t = 1; t < count; ++t) {
+        if (running[t])
+            pthread_join(started[t], NULL);
+        else
+            work(jobs + (size_t)t * job_size);
+    }
+}
+
+static inline size_t element_size(int kind) { return kind == FLOAT32 ? 4 : 2; }
+
+/* Elements [first, last) of a combine() call. */
+typedef struct {
+    int kind, sign_consensus, normalize, all_finite;
+    int64_t first, last;
+    const char *base;
+    const char *deltas[MAX_MODELS];
+    const float *weights;
+    Py_ssize_t models;
+    float fixed_divisor;
+    char *out;
+} CombinePart;
+
+static void *combine_part(void *argument) {
+    CombinePart *p = argument;
+    const size_t offset = (size_t)p->first * element_size(p->kind);
+    const void *deltas[MAX_MODELS];
+    for (Py_ssize_t m = 0; m < p->models; ++m)
+        deltas[m] = p->deltas[m] + offset;
+    p->all_finite = combine_of_kind(p->kind, p->last - p->first, p->base + offset, deltas, p->weights, p->models,
+                                    p->sign_consensus, p->normalize, p->fixed_divisor, p->out + offset);
+    return NULL;
+}
+
+/* combine(kind, n, base, deltas, weights, sign_consensus, normalize, divisor, out, threads) -> bool
  *
  * base, out: addresses of n values of the merge dtype (kind 0 bfloat16, 1 float16, 2 float32);
  * deltas: a tuple of such addresses, one per model (at most 4); weights: the models' weights,
  * already rounded to the merge dtype; divisor: without sign consensus, the divisor mergekit
  * computes from the weights alone. out = base + the (elected, optionally normalised) weighted sum
- * of the deltas. False when a result or a sum over the models is not finite (``out`` then holds
- * no meaning). */
+ * of the deltas, on up to ``threads`` threads. False when a result or a sum over the models is not
+ * finite (``out`` then holds no meaning). */
 static PyObject *combine(PyObject *self, PyObject *args) {
-    int kind, sign_consensus, normalize;
+    int kind, sign_consensus, normalize, threads;
     long long n;
     unsigned long long base_address, out_address;
     PyObject *delta_addresses, *weight_values;
     double divisor_value;
-    if (!PyArg_ParseTuple(args, "iLKO!O!ppdK", &kind, &n, &base_address, &PyTuple_Type, &delta_addresses, &PyTuple_Type,
-                          &weight_values, &sign_consensus, &normalize, &divisor_value, &out_address))
+    if (!PyArg_ParseTuple(args, "iLKO!O!ppdKi", &kind, &n, &base_address, &PyTuple_Type, &delta_addresses, &PyTuple_Type,
+                          &weight_values, &sign_consensus, &normalize, &divisor_value, &out_address, &threads))
         return NULL;
     Py_ssize_t models = PyTuple_GET_SIZE(delta_addresses);
     if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || models < 1 || models > MAX_MODELS ||
-        PyTuple_GET_SIZE(weight_values) != models) {
-        PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-4 deltas and one weight each");
+        PyTuple_GET_SIZE(weight_values) != models || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-4 deltas and one weight each, threads >= 1");
         return NULL;
     }
-    const void *deltas[MAX_MODELS];
+    CombinePart whole = {kind, sign_consensus, normalize, 1, 0, n, (const char *)(uintptr_t)base_address, {NULL},
+                         NULL, models, (float)divisor_value, (char *)(uintptr_t)out_address};
     float weights[MAX_MODELS];
     for (Py_ssize_t m = 0; m < models; ++m) {
-        deltas[m] = (const void *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delta_addresses, m));
+        whole.deltas[m] = (const char *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delta_addresses, m));
         weights[m] = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(weight_values, m));
     }
     if (PyErr_Occurred())
         return NULL;
-    const void *base = (const void *)(uintptr_t)base_address;
-    void *out = (void *)(uintptr_t)out_address;
-    const float fixed_divisor = (float)divisor_value;
+    whole.weights = weights;
+    const int count = threads_for(n, threads);
+    CombinePart parts[MAX_THREADS];
     int all_finite = 1;
     Py_BEGIN_ALLOW_THREADS
-    all_finite = combine_of_kind(kind, n, base, deltas, weights, models, sign_consensus, normalize, fixed_divisor, out);
+    for (int t = 0; t < count; ++t) {
+        parts[t] = whole;
+        parts[t].first = n * t / count;
+        parts[t].last = n * (t + 1) / count;
+    }
+    run_split(combine_part, (char *)parts, sizeof(CombinePart), count);
+    for (int t = 0; t < count; ++t)
+        all_finite &= parts[t].all_finite;
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }
 
-/* masked(kind, n, values, mask, out) -> bool
- *
- * out = values * mask for a bool mask, as torch multiplies: a kept entry as it is, a dropped one as
- * a zero of its sign. values, out: addresses of n values of kind 0 (bfloat16), 1 (float16) or 2
- * (float32); mask: of n bytes, 0 or 1. False, with ``out`` of no meaning, when a value is not
- * finite (NaN * 1 and inf * 0 take their bits from torch's kernels). */
-static PyObject *masked(PyObject *self, PyObject *args) {
+/* Elements [first, last) of a masked() call. */
+typedef struct {
     int kind;
-    long long n;
-    unsigned long long values_address, mask_address, out_address;
-    if (!PyArg_ParseTuple(args, "iLKKK", &kind, &n, &values_address, &mask_address, &out_address))
-        return NULL;
-    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0) {
-        PyErr_SetString(PyExc_ValueError, "masked: kind 0-2 and n >= 0");
-        return NULL;
-    }
-    const uint8_t *mask = (const uint8_t *)(uintptr_t)mask_address;
-    uint32_t exponent = kind == BFLOAT16 ? 0x7F80u : kind == FLOAT16 ? 0x7C00u : 0x7F800000u;
+    uint32_t all_finite;
+    int64_t first, last;
+    const char *values;
+    const uint8_t *mask;
+    char *out;
+} MaskedPart;
+
+static void *masked_part(void *argument) {
+    MaskedPart *p = argument;
+    const uint8_t *mask = p->mask;
     uint32_t all_finite = 1;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == FLOAT32) {
-        const uint32_t *values = (const uint32_t *)(uintptr_t)values_address;
-        uint32_t *out = (uint32_t *)(uintptr_t)out_address;
-        for (int64_t i = 0; i < n; ++i) {
+    if (p->kind == FLOAT32) {
+        const uint32_t *values = (const uint32_t *)p->values, exponent = 0x7F800000u;
+        uint32_t *out = (uint32_t *)p->out;
+        for (int64_t i = p->first; i < p->last; ++i) {
             all_finite &= (values[i] & exponent) != exponent;
             out[i] = values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x80000000u);
         }
     } else {
-        const uint16_t *values = (const uint16_t *)(uintptr_t)values_address;
-        uint16_t *out = (uint16_t *)(uintptr_t)out_address;
-        for (int64_t i = 0; i < n; ++i) {
+        const uint16_t *values = (const uint16_t *)p->values;
+        const uint32_t exponent = p->kind == BFLOAT16 ? 0x7F80u : 0x7C00u;
+        uint16_t *out = (uint16_t *)p->out;
+        for (int64_t i = p->first; i < p->last; ++i) {
             all_finite &= (values[i] & exponent) != exponent;
             out[i] = (uint16_t)(values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x8000u));
         }
     }
+    p->all_finite = all_finite;
+    return NULL;
+}
+
+/* masked(kind, n, values, mask, out, threads) -> bool
+ *
+ * out = values * mask for a bool mask, as torch multiplies: a kept entry as it is, a dropped one as
+ * a zero of its sign. values, out: addresses of n values of kind 0 (bfloat16), 1 (float16) or 2
+ * (float32); mask: of n bytes, 0 or 1; on up to ``threads`` threads. False, with ``out`` of no
+ * meaning, when a value is not finite (NaN * 1 and inf * 0 take their bits from torch's kernels). */
+static PyObject *masked(PyObject *self, PyObject *args) {
+    int kind, threads;
+    long long n;
+    unsigned long long values_address, mask_address, out_address;
+    if (!PyArg_ParseTuple(args, "iLKKKi", &kind, &n, &values_address, &mask_address, &out_address, &threads))
+        return NULL;
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "masked: kind 0-2, n >= 0 and threads >= 1");
+        return NULL;
+    }
+    const int count = threads_for(n, threads);
+    MaskedPart parts[MAX_THREADS];
+    uint32_t all_finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 0; t < count; ++t)
+        parts[t] = (MaskedPart){kind, 1, n * t / count, n * (t + 1) / count, (const char *)(uintptr_t)values_address,
+                                (const uint8_t *)(uintptr_t)mask_address, (char *)(uintptr_t)out_address};
+    run_split(masked_part, (char *)parts, sizeof(MaskedPart), count);
+    for (int t = 0; t < count; ++t)
+        all_finite &= parts[t].all_finite;
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }

@@ -47,7 +47,7 @@ def _masked(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             and native_masking_matches_torch()):
         values, keep = delta.contiguous(), mask.contiguous()
         out = torch.empty_like(values)
-        if _elementwise.masked(kind, values.numel(), values.data_ptr(), keep.data_ptr(), out.data_ptr()):
+        if _elementwise.masked(kind, values.numel(), values.data_ptr(), keep.data_ptr(), out.data_ptr(), torch.get_num_threads()):
             return out
     return delta * mask
 
@@ -67,7 +67,7 @@ def native_masking_matches_torch() -> bool:
         typed = values.to(dtype)
         out = torch.empty_like(typed)
         bits = torch.int32 if dtype == torch.float32 else torch.int16
-        if not _elementwise.masked(kind, 4099, typed.data_ptr(), mask.data_ptr(), out.data_ptr()) or not torch.equal(out.view(bits), (typed * mask).view(bits)):
+        if not _elementwise.masked(kind, 4099, typed.data_ptr(), mask.data_ptr(), out.data_ptr(), 1) or not torch.equal(out.view(bits), (typed * mask).view(bits)):
             log.warning("the native masking kernel does not match this torch; masking with torch (slower)")
             return False
     return True

@@ -161,7 +161,7 @@ def _native(kind: int, base: torch.Tensor, deltas: list[torch.Tensor], weights: 
     out = torch.empty_like(base)
     divisor = 1.0 if sign_consensus else _unelected_divisor(weights.view(-1, 1)).item()
     finite = _elementwise.combine(kind, base.numel(), base.data_ptr(), tuple(d.data_ptr() for d in deltas), tuple(weights.tolist()),
-                              sign_consensus, normalize, divisor, out.data_ptr())
+                              sign_consensus, normalize, divisor, out.data_ptr(), torch.get_num_threads())
     return out if finite else None
 
 

@@ -48,3 +48,13 @@ def merge() -> Callable[..., torch.Tensor]:
         return result
 
     return run
+
+
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def torch_threads(request) -> int:
+    """torch's thread count for the test, restored after: native kernels split their work among
+    that many threads, which must not change a bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

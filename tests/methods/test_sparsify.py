@@ -186,6 +186,18 @@ def test_masking_has_torchs_bits(values, dtype, seed):
     assert torch.equal(sparsify._masked(delta, mask).view(bits), (delta * mask).view(bits))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_masking_a_large_tensor_has_torchs_bits(dtype, torch_threads):
+    """Split among torch's threads, the native masking still gives ``delta * mask`` bit for bit,
+    signed zeros included."""
+    generator = torch.Generator().manual_seed(torch_threads)
+    delta = torch.randn(1_000_003, generator=generator).to(dtype)
+    delta[::5] = -0.0
+    mask = torch.rand(1_000_003, generator=generator) < 0.5
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(sparsify._masked(delta, mask).view(bits), (delta * mask).view(bits))
+
+
 def test_native_masking_is_used_here():
     """The kernel is built (setup.py) and matched torch's bits on this torch's probes."""
     assert sparsify.native_masking_matches_torch()

@@ -130,10 +130,10 @@ def _whole_tensor_combination(base, deltas, weights, sign_consensus, normalize, 
 @pytest.mark.parametrize("models", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
 @pytest.mark.parametrize("infinities", [False, True])
-def test_large_tensors_keep_the_whole_tensor_bits(merge, dtype, models, method, infinities):
-    """Natively in one pass, or a chunk at a time with torch (infinities among the deltas, or
-    over 4 models): the same bits as mergekit's operations over the whole tensor, for every
-    model count (sums over models), with zeros among the deltas."""
+def test_large_tensors_keep_the_whole_tensor_bits(merge, dtype, models, method, infinities, torch_threads):
+    """Natively in one pass (split among torch's threads), or a chunk at a time with torch
+    (infinities among the deltas, or over 4 models): the same bits as mergekit's operations over
+    the whole tensor, for every model count (sums over models), with zeros among the deltas."""
     generator = torch.Generator().manual_seed(models)
     base = torch.randn(700, 977, generator=generator).to(dtype)
     others = [(base + torch.randn(700, 977, generator=generator) * 0.1).to(dtype) for _ in range(models)]
