@@ -279,16 +279,15 @@ static PyObject *combine(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-4 deltas and one weight each, threads >= 1");
         return NULL;
     }
-    CombinePart whole = {kind, sign_consensus, normalize, 1, 0, n, (const char *)(uintptr_t)base_address, {NULL},
-                         NULL, models, (float)divisor_value, (char *)(uintptr_t)out_address};
     float weights[MAX_MODELS];
+    CombinePart whole = {kind, sign_consensus, normalize, 1, 0, n, (const char *)(uintptr_t)base_address, {NULL},
+                         weights, models, (float)divisor_value, (char *)(uintptr_t)out_address};
     for (Py_ssize_t m = 0; m < models; ++m) {
         whole.deltas[m] = (const char *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delta_addresses, m));
         weights[m] = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(weight_values, m));
     }
     if (PyErr_Occurred())
         return NULL;
-    whole.weights = weights;
     const int count = threads_for(n, threads);
     CombinePart parts[MAX_THREADS];
     int all_finite = 1;

@@ -15,6 +15,9 @@ CHUNK = 1 << 18
 # The dtypes the native kernels read, by the number they take for each.
 NATIVE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
+# Each float dtype's bits as the integer dtype of its width: for bitwise comparisons and integer sorts.
+BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype mergekit 0.1.5 accumulates in: float32, widened only for float64 inputs."""

@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from mergeflow.methods.common import NATIVE_KINDS
+from mergeflow.methods.common import BIT_VIEWS, NATIVE_KINDS
 
 try:
     from mergeflow.methods import _introsort
@@ -68,13 +68,10 @@ def argsort_magnitudes(magnitudes: torch.Tensor, dim: int) -> torch.Tensor:
     the same order among ties. On CPU it sorts their bits as signed integers, which torch's sort
     orders exactly as it orders the floats; not where that has not been checked to hold here, nor
     when a NaN is among the keys (the float sort treats every NaN alike, whatever its bits)."""
-    view = _BIT_VIEWS.get(magnitudes.dtype)
+    view = BIT_VIEWS.get(magnitudes.dtype)
     if view is not None and magnitudes.device.type == "cpu" and integer_sort_matches_float() and not magnitudes.isnan().any():
         magnitudes = magnitudes.view(view)
     return torch.argsort(magnitudes, dim=dim)
-
-
-_BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def _sorted_window_by_sort(keys: torch.Tensor, start: int, stop: int, descending: bool, stable: bool = False) -> torch.Tensor:
@@ -124,7 +121,7 @@ def integer_sort_matches_float() -> bool:
     few = torch.randint(0, 9, (16, 300), generator=generator) / 8.0
     rounded = torch.randn(2, 5003, generator=generator).to(torch.bfloat16).double().abs()
     rounded[:, ::97] = float("inf")
-    for dtype, view in _BIT_VIEWS.items():
+    for dtype, view in BIT_VIEWS.items():
         for keys in (few.to(dtype), rounded.to(dtype)):
             if not torch.equal(torch.argsort(keys, dim=1), torch.argsort(keys.view(view), dim=1)):
                 log.warning("this torch's CPU sort orders ties among integers and floats differently; "

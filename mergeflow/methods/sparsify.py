@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from mergeflow.methods.common import NATIVE_KINDS
+from mergeflow.methods.common import BIT_VIEWS, NATIVE_KINDS
 from mergeflow.methods.introsort import argsort_magnitudes, magnitude_window, stable_magnitude_window
 
 try:
@@ -66,8 +66,7 @@ def native_masking_matches_torch() -> bool:
     for dtype, kind in NATIVE_KINDS.items():
         typed = values.to(dtype)
         out = torch.empty_like(typed)
-        bits = torch.int32 if dtype == torch.float32 else torch.int16
-        if not _elementwise.masked(kind, 4099, typed.data_ptr(), mask.data_ptr(), out.data_ptr(), 1) or not torch.equal(out.view(bits), (typed * mask).view(bits)):
+        if not _elementwise.masked(kind, 4099, typed.data_ptr(), mask.data_ptr(), out.data_ptr(), 1) or not torch.equal(out.view(BIT_VIEWS[dtype]), (typed * mask).view(BIT_VIEWS[dtype])):
             log.warning("the native masking kernel does not match this torch; masking with torch (slower)")
             return False
     return True

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import sparsify
-from .common import NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, require_base
+from .common import BIT_VIEWS, NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 try:
@@ -156,6 +156,7 @@ _MAX_NATIVE_MODELS = 4  # torch sums up to 4 rows in one plain loop at every pos
 
 
 def _native(kind: int, base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, sign_consensus: bool, normalize: bool) -> torch.Tensor | None:
+    """The kernel's call itself, without the checks of when it applies (the probe calls it too)."""
     base = base.contiguous()
     deltas = [d.contiguous() for d in deltas]
     out = torch.empty_like(base)
@@ -184,13 +185,10 @@ def native_combine_matches_torch() -> bool:
                     params = {"int8_mask": False, "normalize": normalize, "lambda": 1.0}
                     expected = _combine_as_written(weights, params, sign_consensus, list(rows))
                     native = _native(kind, rows[0], list(rows[1:]), weights, sign_consensus, normalize)
-                    if native is None or not torch.equal(native.view(_BITS[dtype]), expected.view(_BITS[dtype])):
+                    if native is None or not torch.equal(native.view(BIT_VIEWS[dtype]), expected.view(BIT_VIEWS[dtype])):
                         log.warning("the native task-arithmetic kernel does not match this torch; combining with torch (slower)")
                         return False
     return True
-
-
-_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 
 def _register(
