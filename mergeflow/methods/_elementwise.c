@@ -1,6 +1,6 @@
-/* The task-arithmetic family's per-element passes, natively: a sparsifier's mask applied to a task
- * vector, and the combination of the sparse task vectors with the base (mergekit-semantics §7.6,
- * steps 4-5).
+/* Per-element passes of the merge methods, natively: a sparsifier's mask applied to a task vector,
+ * the combination of the sparse task vectors with the base (mergekit-semantics §7.6, steps 4-5),
+ * and slerp's normalised products and interpolation (§7.2).
  *
  * mergekit runs the combination as a dozen whole-tensor torch operations: weighted deltas, a sign
  * election, masked sums over the models, a division and the base added back. Each rounds to the
@@ -368,9 +368,102 @@ static PyObject *masked(PyObject *self, PyObject *args) {
     return PyBool_FromLong(all_finite);
 }
 
+/* Elements [first, last) of a call on two tensors a, b with two float32 factors x, y. */
+typedef struct {
+    int kind, all_finite;
+    int64_t first, last;
+    const char *a, *b;
+    float x, y;
+    char *out;
+} PairPart;
+
+/* out = x * a + y * b, each product rounded to float32, the sum rounded to the merge dtype. */
+static ALWAYS_INLINE int interpolate_elements(int kind, const PairPart *p) {
+    int all_finite = 1;
+    for (int64_t i = p->first; i < p->last; ++i) {
+        float result = rounded(p->x * load(p->a, kind, i) + p->y * load(p->b, kind, i), kind);
+        all_finite &= is_finite(result);
+        store(p->out, kind, i, result);
+    }
+    return all_finite;
+}
+
+/* out (float32) = (a / x) * (b / y), each step rounded to float32. */
+static ALWAYS_INLINE int scaled_product_elements(int kind, const PairPart *p) {
+    int all_finite = 1;
+    float *out = (float *)p->out;
+    for (int64_t i = p->first; i < p->last; ++i) {
+        out[i] = (load(p->a, kind, i) / p->x) * (load(p->b, kind, i) / p->y);
+        all_finite &= is_finite(out[i]);
+    }
+    return all_finite;
+}
+
+/* The kind fixed at compile time, so that each loop vectorises. */
+#define FOR_KIND(ELEMENTS)                              \
+    static void *ELEMENTS##_part(void *argument) {      \
+        PairPart *p = argument;                         \
+        switch (p->kind) {                              \
+        case BFLOAT16:                                  \
+            p->all_finite = ELEMENTS(BFLOAT16, p);      \
+            break;                                      \
+        case FLOAT16:                                   \
+            p->all_finite = ELEMENTS(FLOAT16, p);       \
+            break;                                      \
+        default:                                        \
+            p->all_finite = ELEMENTS(FLOAT32, p);       \
+        }                                               \
+        return NULL;                                    \
+    }
+FOR_KIND(interpolate_elements)
+FOR_KIND(scaled_product_elements)
+
+/* Parses (kind, n, a, b, x, y, out, threads) and runs work over the elements on up to ``threads``
+ * threads; returns whether every result is finite. */
+static PyObject *run_pair(PyObject *args, void *(*work)(void *), const char *name) {
+    int kind, threads;
+    long long n;
+    unsigned long long a_address, b_address, out_address;
+    float x, y;
+    if (!PyArg_ParseTuple(args, "iLKKffKi", &kind, &n, &a_address, &b_address, &x, &y, &out_address, &threads))
+        return NULL;
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || threads < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: kind 0-2, n >= 0 and threads >= 1", name);
+        return NULL;
+    }
+    const int count = threads_for(n, threads);
+    PairPart parts[MAX_THREADS];
+    int all_finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 0; t < count; ++t)
+        parts[t] = (PairPart){kind, 1, n * t / count, n * (t + 1) / count, (const char *)(uintptr_t)a_address,
+                              (const char *)(uintptr_t)b_address, x, y, (char *)(uintptr_t)out_address};
+    run_split(work, (char *)parts, sizeof(PairPart), count);
+    for (int t = 0; t < count; ++t)
+        all_finite &= parts[t].all_finite;
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(all_finite);
+}
+
+/* interpolate(kind, n, a, b, x, y, out, threads) -> bool
+ *
+ * out = x * a + y * b, as torch computes ``x * a.float() + y * b.float()`` and rounds it to the
+ * merge dtype: a, b, out are addresses of n values of kind 0 (bfloat16), 1 (float16) or 2
+ * (float32). False, with ``out`` of no meaning, when a result is not finite. */
+static PyObject *interpolate(PyObject *self, PyObject *args) { return run_pair(args, interpolate_elements_part, "interpolate"); }
+
+/* scaled_products(kind, n, a, b, x, y, out, threads) -> bool
+ *
+ * out = (a / x) * (b / y) in float32, as torch computes ``(a.float() / x) * (b.float() / y)``:
+ * a, b of the merge dtype, out n float32 values. False, with ``out`` of no meaning, when a
+ * product is not finite. */
+static PyObject *scaled_products(PyObject *self, PyObject *args) { return run_pair(args, scaled_product_elements_part, "scaled_products"); }
+
 static PyMethodDef methods[] = {
     {"masked", masked, METH_VARARGS, "values * a bool mask."},
     {"combine", combine, METH_VARARGS, "base + the weighted, optionally sign-elected and normalised sum of the deltas."},
+    {"interpolate", interpolate, METH_VARARGS, "x * a + y * b, rounded to the merge dtype."},
+    {"scaled_products", scaled_products, METH_VARARGS, "(a / x) * (b / y) in float32."},
     {NULL, NULL, 0, NULL},
 };
 

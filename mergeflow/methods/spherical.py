@@ -7,10 +7,20 @@ straight average does when two models point in different directions.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
-from .common import accumulator_dtype, fail, require_base
+from .common import BIT_VIEWS, NATIVE_KINDS, accumulator_dtype, fail, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
+
+try:
+    from . import _elementwise
+except ImportError:  # built optionally (setup.py): without a compiler, torch's operations
+    _elementwise = None
+
+log = logging.getLogger("mergeflow")
 
 # mergekit 0.1.5 streams slerp over chunks of this many elements; norms, the dot product and
 # the output are therefore reduced and rounded chunk by chunk.
@@ -40,9 +50,11 @@ def slerp(inputs: MergeInputs) -> torch.Tensor:
 
     norm_a = _chunked_norm(a, acc)
     norm_b = _chunked_norm(b, acc)
+    kind = _native_kind(a, b)
+    products = torch.empty((1, min(SLERP_CHUNK, a.shape[1])), dtype=acc) if kind is not None else None
     dot = torch.zeros((), dtype=acc, device=a.device)
     for ca, cb in zip(a.split(SLERP_CHUNK, dim=-1), b.split(SLERP_CHUNK, dim=-1)):
-        dot = dot + ((ca.to(acc) / norm_a) * (cb.to(acc) / norm_b)).sum()
+        dot = dot + _normalised_products(ca, cb, norm_a, norm_b, kind, products).sum()
     dot = dot.clamp(-1.0, 1.0)
 
     linear = dot.abs() > DOT_THRESHOLD
@@ -52,13 +64,83 @@ def slerp(inputs: MergeInputs) -> torch.Tensor:
     coef_b = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
 
     result = torch.empty_like(a)
-    for out, ca, cb in zip(
-        result.split(SLERP_CHUNK, dim=-1),
-        a.split(SLERP_CHUNK, dim=-1),
-        b.split(SLERP_CHUNK, dim=-1),
-    ):
-        out.copy_(coef_a * ca.to(acc) + coef_b * cb.to(acc))
+    if kind is None or not _interpolate_natively(kind, a, b, coef_a, coef_b, result):
+        for out, ca, cb in zip(
+            result.split(SLERP_CHUNK, dim=-1),
+            a.split(SLERP_CHUNK, dim=-1),
+            b.split(SLERP_CHUNK, dim=-1),
+        ):
+            out.copy_(_interpolated(coef_a, ca, coef_b, cb))
     return result.reshape(base.shape)
+
+
+def _scaled_products(ca: torch.Tensor, cb: torch.Tensor, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
+    """One chunk's terms of mergekit's dot product of the unit vectors."""
+    acc = norm_a.dtype
+    return (ca.to(acc) / norm_a) * (cb.to(acc) / norm_b)
+
+
+def _interpolated(coef_a: torch.Tensor, ca: torch.Tensor, coef_b: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    acc = coef_a.dtype
+    return coef_a * ca.to(acc) + coef_b * cb.to(acc)
+
+
+# The native passes (``_elementwise.c``) make the same float operations per element as the two
+# functions above, in one pass and without temporaries; the sums over a chunk stay torch's.
+
+
+def _native_kind(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """The kernels' number for the inputs' dtype, or None where they do not apply (not built or
+    not matching torch here, an accelerator, float64, mixed dtypes)."""
+    kind = NATIVE_KINDS.get(a.dtype)
+    if kind is None or b.dtype != a.dtype or a.device.type != "cpu" or not a.is_contiguous() or not b.is_contiguous():
+        return None
+    return kind if native_slerp_matches_torch() else None
+
+
+def _normalised_products(ca, cb, norm_a, norm_b, kind: int | None, products: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_scaled_products`, natively into ``products`` where the kernel applies and every
+    term is finite (a NaN's or inf's bits are torch's kernels' to decide). On one thread: torch's
+    parallel sum runs between two chunks, and its OpenMP workers spin for a while after it, on the
+    cores a split would want (on 2 cores a split made this pass 3-5x slower)."""
+    if kind is not None:
+        out = products[:, : ca.shape[1]]
+        if _elementwise.scaled_products(kind, ca.numel(), ca.data_ptr(), cb.data_ptr(), norm_a.item(), norm_b.item(), out.data_ptr(), 1):
+            return out
+    return _scaled_products(ca, cb, norm_a, norm_b)
+
+
+def _interpolate_natively(kind: int, a: torch.Tensor, b: torch.Tensor, coef_a: torch.Tensor, coef_b: torch.Tensor, out: torch.Tensor) -> bool:
+    """:func:`_interpolated` of the whole tensors into ``out``; False when a result is not finite."""
+    return _elementwise.interpolate(kind, a.numel(), a.data_ptr(), b.data_ptr(), coef_a.item(), coef_b.item(),
+                                    out.data_ptr(), torch.get_num_threads())
+
+
+@functools.cache
+def native_slerp_matches_torch() -> bool:
+    """Whether the kernels are built and give torch's bits on probes: zeros of both signs,
+    subnormals, negative and zero factors, every dtype they read, and a tail shorter than a
+    vector block."""
+    if _elementwise is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 1e4, -1e4, 0.5, -2.5])
+    factors = [(0.25, 0.75), (-0.3, 1.7), (0.0, 1.0), (1.0, -0.0), (3.1e-5, 2.9)]  # finite in float16
+    for dtype, kind in NATIVE_KINDS.items():
+        rows = pool[torch.randint(len(pool), (2, 1, 4099), generator=generator)]
+        a, b = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
+        for x, y in factors:
+            coef_a, coef_b = torch.tensor(x), torch.tensor(y)
+            interpolated = torch.empty_like(a)
+            products = torch.empty(a.shape)
+            norm_a, norm_b = abs(coef_a) + 0.5, abs(coef_b) + 1.5
+            if (not _interpolate_natively(kind, a, b, coef_a, coef_b, interpolated)
+                    or not torch.equal(interpolated.view(BIT_VIEWS[dtype]), _interpolated(coef_a, a, coef_b, b).to(dtype).view(BIT_VIEWS[dtype]))
+                    or not _elementwise.scaled_products(kind, a.numel(), a.data_ptr(), b.data_ptr(), norm_a.item(), norm_b.item(), products.data_ptr(), 1)
+                    or not torch.equal(products.view(torch.int32), _scaled_products(a, b, norm_a, norm_b).view(torch.int32))):
+                log.warning("the native slerp kernels do not match this torch; interpolating with torch (slower)")
+                return False
+    return True
 
 
 def _pair_weight(inputs: MergeInputs) -> float:

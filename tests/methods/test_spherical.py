@@ -2,6 +2,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mergeflow.methods import spherical
 
 E1 = torch.tensor([1.0, 0.0, 0.0])
 E2 = torch.tensor([0.0, 1.0, 0.0])
@@ -43,6 +47,86 @@ def test_slerp_single_input_is_returned(merge):
 def test_slerp_rejects_three_models(merge):
     with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj.weight.*exactly 2"):
         merge("slerp", [E1, E2, E1], base_index=0, params={"t": 0.5})
+
+
+def _mergekit_slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
+    """mergekit 0.1.5's slerp as torch operations: norms, the dot product and the output chunk by
+    chunk over the flattened tensors, in float32 (float64 for float64 inputs)."""
+    acc = torch.float64 if base.dtype == torch.float64 else torch.float32
+    a, b = base.reshape(1, -1), other.reshape(1, -1)
+    chunk = 1 << 20
+
+    def norm(flat):
+        parts = [torch.linalg.vector_norm(c.to(acc), dim=-1) for c in flat.split(chunk, dim=-1)]
+        total = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+        return torch.where(total <= 1e-8, torch.ones_like(total), total)
+
+    norm_a, norm_b = norm(a), norm(b)
+    dot = torch.zeros((), dtype=acc)
+    for ca, cb in zip(a.split(chunk, dim=-1), b.split(chunk, dim=-1)):
+        dot = dot + ((ca.to(acc) / norm_a) * (cb.to(acc) / norm_b)).sum()
+    dot = dot.clamp(-1.0, 1.0)
+    t = torch.tensor(t, dtype=acc)
+    linear = dot.abs() > 0.9995
+    theta = torch.acos(torch.where(linear, torch.zeros_like(dot), dot))
+    coef_a = torch.where(linear, 1 - t, torch.sin((1 - t) * theta) / torch.sin(theta))
+    coef_b = torch.where(linear, t, torch.sin(t * theta) / torch.sin(theta))
+    out = torch.empty_like(a)
+    for o, ca, cb in zip(out.split(chunk, dim=-1), a.split(chunk, dim=-1), b.split(chunk, dim=-1)):
+        o.copy_(coef_a * ca.to(acc) + coef_b * cb.to(acc))
+    return out.reshape(base.shape)
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("t", [0.3, 0.5, -0.25])
+@pytest.mark.parametrize("infinities", [False, True])
+def test_large_tensors_keep_mergekits_bits(merge, dtype, t, infinities, torch_threads):
+    """Over several of mergekit's chunks and a short last one: natively (split among torch's
+    threads), or with torch's operations where a value is not finite, the bits of mergekit's."""
+    generator = torch.Generator().manual_seed(7)
+    base = torch.randn(1100, 2001, generator=generator).to(dtype)
+    other = (base * 0.6 + torch.randn(1100, 2001, generator=generator)).to(dtype)
+    other.view(-1)[::17] = 0.0
+    if infinities:
+        other.view(-1)[3::100003] = float("inf")
+    out = merge("slerp", [base, other], base_index=0, params={"t": t})
+    assert torch.equal(out.view(_BITS[dtype]), _mergekit_slerp(base, other, t).view(_BITS[dtype]))
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 1e-3, -1e-3, 2.0**-130, -(2.0**-140), 6e4, -6e4, 1e30, -1e30, 3e38, -3e38]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # merge is stateless
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(list(_BITS)),
+    t=st.sampled_from([0.0, 0.3, 0.5, 1.0, -0.2, 1.5]) | st.floats(-2, 2),
+    finite=st.booleans(),
+    native=st.booleans(),
+)
+def test_slerp_has_mergekits_bits(merge, data, dtype, t, finite, native):
+    """Natively where the kernels apply, with torch's operations where they do not or a value is
+    not finite: mergekit's bits, with signed zeros, subnormals, overflow, colinear and opposite
+    inputs, and NaN and inf."""
+    value = st.sampled_from(_SPECIAL + ([] if finite else [float("inf"), float("-inf"), float("nan")])) | st.floats(-1e4, 1e4, width=32)
+    size = data.draw(st.integers(1, 40))
+    base = torch.tensor(data.draw(st.lists(value, min_size=size, max_size=size)), dtype=dtype)
+    other = data.draw(st.sampled_from(["drawn", "scaled", "opposite"]))
+    other = torch.tensor(data.draw(st.lists(value, min_size=size, max_size=size)), dtype=dtype) if other == "drawn" else base * (2 if other == "scaled" else -1)
+    with pytest.MonkeyPatch.context() as patch:
+        if not native:
+            patch.setattr(spherical, "native_slerp_matches_torch", lambda: False)
+        out = merge("slerp", [base, other], base_index=0, params={"t": t})
+    assert torch.equal(out.view(_BITS[dtype]), _mergekit_slerp(base, other, t).view(_BITS[dtype]))
+
+
+def test_native_slerp_is_used_here():
+    """The kernels are built (setup.py) and matched torch's bits on this torch's probes; otherwise
+    the tests above check torch's operations only."""
+    assert spherical.native_slerp_matches_torch()
 
 
 # --- nuslerp -------------------------------------------------------------------------------
