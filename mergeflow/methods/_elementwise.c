@@ -1,6 +1,6 @@
 /* Per-element passes of the merge methods, natively: a sparsifier's mask applied to a task vector,
  * the combination of the sparse task vectors with the base (mergekit-semantics §7.6, steps 4-5),
- * and slerp's normalised products and interpolation (§7.2).
+ * slerp's normalised products and interpolation (§7.2), and linear's weighted sum (§7.1).
  *
  * mergekit runs the combination as a dozen whole-tensor torch operations: weighted deltas, a sign
  * election, masked sums over the models, a division and the base added back. Each rounds to the
@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -459,11 +460,123 @@ static PyObject *interpolate(PyObject *self, PyObject *args) { return run_pair(a
  * product is not finite. */
 static PyObject *scaled_products(PyObject *self, PyObject *args) { return run_pair(args, scaled_product_elements_part, "scaled_products"); }
 
+/* torch's addcmul_ multiplies and adds in one fused step (its vector kernels are built with
+ * contraction, and the tail's scalar code too); fmaf() is that step, and on x86 it is an
+ * instruction only where the CPU has FMA, so linear's kernel is built for it and used where the
+ * CPU reports it (elsewhere torch's operations run). */
+#if defined(__x86_64__) || defined(__i386__)
+#define FMA_TARGET __attribute__((target("avx2,fma")))
+static int fma_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+#define FMA_TARGET
+static int fma_available(void) { return 1; }
+#endif
+
+#define MAX_SUMMANDS 64
+#define SUM_BLOCK 512 /* elements summed at a time, in a float32 accumulator on the stack */
+
+/* Elements [first, last) of a weighted_sum() call. */
+typedef struct {
+    int kind, normalize, all_finite;
+    int64_t first, last;
+    const char *const *inputs;
+    const float *weights;
+    Py_ssize_t count;
+    float divisor;
+    char *out;
+} SumPart;
+
+static FMA_TARGET int weighted_sum_elements(int kind, const SumPart *p) {
+    int all_finite = 1;
+    float acc[SUM_BLOCK];
+    for (int64_t start = p->first; start < p->last; start += SUM_BLOCK) {
+        const int64_t size = p->last - start < SUM_BLOCK ? p->last - start : SUM_BLOCK;
+        for (int64_t j = 0; j < size; ++j)
+            acc[j] = 0.0f;
+        for (Py_ssize_t m = 0; m < p->count; ++m) {
+            const float weight = p->weights[m];
+            for (int64_t j = 0; j < size; ++j)
+                acc[j] = fmaf(load(p->inputs[m], kind, start + j), weight, acc[j]);
+        }
+        for (int64_t j = 0; j < size; ++j) {
+            float result = rounded(p->normalize ? acc[j] / p->divisor : acc[j], kind);
+            all_finite &= is_finite(result);
+            store(p->out, kind, start + j, result);
+        }
+    }
+    return all_finite;
+}
+
+static void *weighted_sum_part(void *argument) {
+    SumPart *p = argument;
+    switch (p->kind) {
+    case BFLOAT16:
+        p->all_finite = weighted_sum_elements(BFLOAT16, p);
+        break;
+    case FLOAT16:
+        p->all_finite = weighted_sum_elements(FLOAT16, p);
+        break;
+    default:
+        p->all_finite = weighted_sum_elements(FLOAT32, p);
+    }
+    return NULL;
+}
+
+/* weighted_sum(kind, n, inputs, weights, normalize, divisor, out, threads) -> bool or None
+ *
+ * out = (+0 + inputs[0] * weights[0] + inputs[1] * weights[1] + ...) [/ divisor], in float32, one
+ * fused multiply-add per input in order as torch's addcmul_ makes them, rounded to the merge dtype
+ * once: inputs is a tuple of addresses of n values of kind 0 (bfloat16), 1 (float16) or 2
+ * (float32), at most 64; weights their float32 weights. False, with ``out`` of no meaning, when a
+ * result is not finite; None when this CPU has no fused multiply-add. */
+static PyObject *weighted_sum(PyObject *self, PyObject *args) {
+    int kind, normalize, threads;
+    long long n;
+    unsigned long long out_address;
+    PyObject *input_addresses, *weight_values;
+    float divisor;
+    if (!PyArg_ParseTuple(args, "iLO!O!pfKi", &kind, &n, &PyTuple_Type, &input_addresses, &PyTuple_Type, &weight_values,
+                          &normalize, &divisor, &out_address, &threads))
+        return NULL;
+    const Py_ssize_t count = PyTuple_GET_SIZE(input_addresses);
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || count < 1 || count > MAX_SUMMANDS ||
+        PyTuple_GET_SIZE(weight_values) != count || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "weighted_sum: kind 0-2, n >= 0, 1-64 inputs and one weight each, threads >= 1");
+        return NULL;
+    }
+    if (!fma_available())
+        Py_RETURN_NONE;
+    const char *inputs[MAX_SUMMANDS];
+    float weights[MAX_SUMMANDS];
+    for (Py_ssize_t m = 0; m < count; ++m) {
+        inputs[m] = (const char *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(input_addresses, m));
+        weights[m] = (float)PyFloat_AsDouble(PyTuple_GET_ITEM(weight_values, m));
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    const int parts_count = threads_for(n, threads);
+    SumPart parts[MAX_THREADS];
+    int all_finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 0; t < parts_count; ++t)
+        parts[t] = (SumPart){kind, normalize, 1, n * t / parts_count, n * (t + 1) / parts_count, inputs, weights, count,
+                             divisor, (char *)(uintptr_t)out_address};
+    run_split(weighted_sum_part, (char *)parts, sizeof(SumPart), parts_count);
+    for (int t = 0; t < parts_count; ++t)
+        all_finite &= parts[t].all_finite;
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(all_finite);
+}
+
 static PyMethodDef methods[] = {
     {"masked", masked, METH_VARARGS, "values * a bool mask."},
     {"combine", combine, METH_VARARGS, "base + the weighted, optionally sign-elected and normalised sum of the deltas."},
     {"interpolate", interpolate, METH_VARARGS, "x * a + y * b, rounded to the merge dtype."},
     {"scaled_products", scaled_products, METH_VARARGS, "(a / x) * (b / y) in float32."},
+    {"weighted_sum", weighted_sum, METH_VARARGS, "The inputs' weighted sum by fused multiply-adds, optionally divided."},
     {NULL, NULL, 0, NULL},
 };
 

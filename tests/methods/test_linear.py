@@ -1,5 +1,9 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mergeflow.methods import linear
 
 
 def test_identical_inputs_come_back_exactly(merge):
@@ -75,3 +79,68 @@ def test_large_tensors_merged_by_chunks_keep_the_whole_tensor_bits(merge, dtype,
     out = merge("linear", xs, params={"normalize": normalize}, model_params=[{"weight": w} for w in (0.3, 0.45, 0.2)])
     bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
     assert torch.equal(out.view(bits), expected.view(bits))
+
+
+def _mergekit_linear(xs, weights, normalize, dtype):
+    """mergekit 0.1.5's linear over whole tensors: a float32 accumulator, one addcmul_ per input."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    weights = torch.tensor(weights, dtype=acc)
+    expected = torch.zeros(xs[0].shape, dtype=acc)
+    for x, w in zip(xs, weights):
+        expected.addcmul_(x, w)
+    if normalize:
+        expected.div_(weights.sum())
+    return expected.to(dtype)
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("count", [1, 2, 5])
+@pytest.mark.parametrize("finite", [True, False])
+def test_large_tensors_keep_the_whole_tensor_bits_natively(merge, dtype, count, finite, torch_threads):
+    """Natively in one pass split among torch's threads, or a chunk at a time with torch where a
+    value is not finite: the bits of mergekit's whole-tensor operations."""
+    generator = torch.Generator().manual_seed(count)
+    xs = [torch.randn(900, 1013, generator=generator).to(dtype) for _ in range(count)]
+    xs[0].view(-1)[::997] = -0.0
+    if not finite:
+        xs[-1].view(-1)[3::100019] = float("inf")
+    weights = [0.3, -0.45, 0.2, 1.0, 0.05][:count]
+    for normalize in (True, False):
+        out = merge("linear", xs, params={"normalize": normalize}, model_params=[{"weight": w} for w in weights])
+        assert torch.equal(out.view(_BITS[dtype]), _mergekit_linear(xs, weights, normalize, dtype).view(_BITS[dtype]))
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 1e-3, -1e-3, 2.0**-130, -(2.0**-140), 6e4, -6e4, 1e30, -1e30, 3e38, -3e38]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # merge is stateless
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(list(_BITS)),
+    count=st.integers(1, 6),
+    finite=st.booleans(),
+    normalize=st.booleans(),
+    native=st.booleans(),
+)
+def test_linear_has_mergekits_bits(merge, data, dtype, count, finite, normalize, native):
+    """Natively where the kernel applies, with torch's operations where it does not or a result is
+    not finite: mergekit's bits, with cancelling sums, signed zeros, subnormals, overflow, zero and
+    negative weights (a zero total included), and NaN and inf."""
+    value = st.sampled_from(_SPECIAL + ([] if finite else [float("inf"), float("-inf"), float("nan")])) | st.floats(-1e4, 1e4, width=32)
+    size = data.draw(st.integers(1, 40))
+    xs = [torch.tensor(data.draw(st.lists(value, min_size=size, max_size=size)), dtype=dtype) for _ in range(count)]
+    weights = data.draw(st.lists(st.sampled_from([0.3, 0.7, 1.0, -0.5, 0.0, 1e-3, 2.0]) | st.floats(-3, 3), min_size=count, max_size=count))
+    with pytest.MonkeyPatch.context() as patch:
+        if not native:
+            patch.setattr(linear, "native_linear_matches_torch", lambda: False)
+        out = merge("linear", xs, params={"normalize": normalize}, model_params=[{"weight": w} for w in weights])
+    assert torch.equal(out.view(_BITS[dtype]), _mergekit_linear(xs, weights, normalize, dtype).view(_BITS[dtype]))
+
+
+def test_native_linear_is_used_here():
+    """The kernel is built (setup.py), this CPU has FMA, and it matched torch's bits on this
+    torch's probes; otherwise the tests above check torch's operations only."""
+    assert linear.native_linear_matches_torch()
