@@ -7,9 +7,10 @@
  * merge dtype as torch does: float32 arithmetic, then round-to-nearest-even. These kernels make the
  * same float operations in the same order for each element and round where torch rounds, so they
  * give the same bits, without the tensor-sized temporaries and the slow bool and half-precision
- * reduction kernels. torch sums up to 4 rows over dim 0 one row after another from +0 at every
- * position (from 5 rows on, the positions past its last whole vector block take another order), so
- * a sum here is the same loop. An entry the election drops adds its ±0 product there; here it adds
+ * reduction kernels. torch sums up to 16 rows over dim 0 one row after another from +0 (the first
+ * level of its cascade holds 16), so a sum here is the same loop: at every position for up to 4
+ * rows, and from 5 rows on up to the last whole block of four vectors, past which torch takes
+ * another order (the caller combines those positions with torch). An entry the election drops adds its ±0 product there; here it adds
  * +0, and neither changes a sum that starts from +0.
  *
  * Only finite values are vouched for: NaN and inf bits depend on which torch kernel (vectorised
@@ -26,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_MODELS 4 /* torch's sum over up to 4 rows is a plain loop everywhere */
+#define MAX_MODELS 16 /* rows torch sums in a plain loop */
 #define MAX_THREADS 256
 #define MIN_PER_THREAD (1 << 18) /* fewer elements a thread would cost more than it saves */
 
@@ -165,8 +166,8 @@ static ALWAYS_INLINE int combine_elements(int kind, int64_t n, const void *base,
     return all_finite;
 }
 
-/* combine_elements with its kind, model count and flags fixed at compile time, so that the loop
- * over elements unrolls the models, has no branch, and vectorises. */
+/* combine_elements with its kind, flags and (up to 4) model count fixed at compile time, so that
+ * the loop over elements unrolls the models, has no branch, and vectorises. */
 #define ELEMENTS(KIND, MODELS, CONSENSUS, NORMALIZE) \
     return combine_elements(KIND, n, base, deltas, weights, MODELS, CONSENSUS, NORMALIZE, fixed_divisor, out)
 #define FOR_MODELS(KIND, CONSENSUS, NORMALIZE)         \
@@ -177,8 +178,10 @@ static ALWAYS_INLINE int combine_elements(int kind, int64_t n, const void *base,
         ELEMENTS(KIND, 2, CONSENSUS, NORMALIZE);      \
     case 3:                                           \
         ELEMENTS(KIND, 3, CONSENSUS, NORMALIZE);      \
-    default:                                          \
+    case 4:                                           \
         ELEMENTS(KIND, 4, CONSENSUS, NORMALIZE);      \
+    default:                                          \
+        ELEMENTS(KIND, models, CONSENSUS, NORMALIZE); \
     }
 #define FOR_FLAGS(KIND)                  \
     if (sign_consensus) {                \
@@ -260,7 +263,7 @@ static void *combine_part(void *argument) {
 /* combine(kind, n, base, deltas, weights, sign_consensus, normalize, divisor, out, threads) -> bool
  *
  * base, out: addresses of n values of the merge dtype (kind 0 bfloat16, 1 float16, 2 float32);
- * deltas: a tuple of such addresses, one per model (at most 4); weights: the models' weights,
+ * deltas: a tuple of such addresses, one per model (at most 16); weights: the models' weights,
  * already rounded to the merge dtype; divisor: without sign consensus, the divisor mergekit
  * computes from the weights alone. out = base + the (elected, optionally normalised) weighted sum
  * of the deltas, on up to ``threads`` threads. False when a result or a sum over the models is not
@@ -277,7 +280,7 @@ static PyObject *combine(PyObject *self, PyObject *args) {
     Py_ssize_t models = PyTuple_GET_SIZE(delta_addresses);
     if (kind < BFLOAT16 || kind > FLOAT32 || n < 0 || models < 1 || models > MAX_MODELS ||
         PyTuple_GET_SIZE(weight_values) != models || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-4 deltas and one weight each, threads >= 1");
+        PyErr_SetString(PyExc_ValueError, "combine: kind 0-2, n >= 0, 1-16 deltas and one weight each, threads >= 1");
         return NULL;
     }
     float weights[MAX_MODELS];

@@ -143,48 +143,65 @@ def _unelected_divisor(model_weights: torch.Tensor) -> torch.Tensor:
 def _combine_natively(base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: Mapping[str, Any], sign_consensus: bool) -> torch.Tensor | None:
     """:func:`_combine_as_written` by the native kernel (``_elementwise.c``): the same float operations
     per element, in one pass and without temporaries. None where it does not apply (not built or
-    not matching torch here, an accelerator, float64, a ``lambda``, over 4 models) or a result
-    is not finite, whose bits only torch's own kernels decide."""
+    not matching torch here, an accelerator, float64, a ``lambda``, more models than
+    :data:`_MAX_NATIVE_MODELS`) or a result is not finite, whose bits only torch's own kernels decide."""
     kind = NATIVE_KINDS.get(base.dtype)
     if (kind is None or base.device.type != "cpu" or params["lambda"] != 1 or len(deltas) > _MAX_NATIVE_MODELS
             or any(d.shape != base.shape or d.dtype != base.dtype for d in deltas) or not native_combine_matches_torch()):
         return None
-    return _native(kind, base, deltas, weights, sign_consensus, params["normalize"])
+    return _native(kind, base, deltas, weights, params, sign_consensus)
 
 
-_MAX_NATIVE_MODELS = 4  # torch sums up to 4 rows in one plain loop at every position, as the kernel does
+# torch sums up to 16 rows over dim 0 in one plain loop from +0, as the kernel does (its cascade's
+# first level holds 16), at every position for up to 4 rows; from 5 rows on, the positions past
+# the last whole block of four vectors (32 floats with AVX2, 64 with AVX-512) take another order.
+_MAX_NATIVE_MODELS = 16
+_PLAIN_LOOP_MODELS = 4
+_TAIL_ALIGNMENT = 64
 
 
-def _native(kind: int, base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, sign_consensus: bool, normalize: bool) -> torch.Tensor | None:
-    """The kernel's call itself, without the checks of when it applies (the probe calls it too)."""
+def _native(kind: int, base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: Mapping[str, Any], sign_consensus: bool) -> torch.Tensor | None:
+    """The kernel's call itself, without the checks of when it applies (the probe calls it too).
+    Past 4 models the kernel stops at the last multiple of 64 elements, and torch's operations
+    combine the rest: that tail starts on a block boundary, so torch takes the same order there
+    as over the whole tensor."""
     base = base.contiguous()
     deltas = [d.contiguous() for d in deltas]
     out = torch.empty_like(base)
+    count = base.numel()
+    bulk = count if len(deltas) <= _PLAIN_LOOP_MODELS else count // _TAIL_ALIGNMENT * _TAIL_ALIGNMENT
     divisor = 1.0 if sign_consensus else _unelected_divisor(weights.view(-1, 1)).item()
-    finite = _elementwise.combine(kind, base.numel(), base.data_ptr(), tuple(d.data_ptr() for d in deltas), tuple(weights.tolist()),
-                              sign_consensus, normalize, divisor, out.data_ptr(), torch.get_num_threads())
-    return out if finite else None
+    finite = _elementwise.combine(kind, bulk, base.data_ptr(), tuple(d.data_ptr() for d in deltas), tuple(weights.tolist()),
+                                  sign_consensus, params["normalize"], divisor, out.data_ptr(), torch.get_num_threads())
+    if not finite:
+        return None
+    if bulk < count:
+        tail = [t.view(-1)[bulk:] for t in (base, *deltas)]
+        out.view(-1)[bulk:] = _combine_as_written(weights, params, sign_consensus, tail)
+    return out
 
 
 @functools.cache
 def native_combine_matches_torch() -> bool:
-    """Whether the kernel is built and gives torch's bits on probes: sums over 1 to 4 models that
-    cancel, zeros of both signs, subnormals, zero and negative weights, every dtype it reads, and
-    a tail shorter than a vector block."""
+    """Whether the kernel is built and gives torch's bits on probes: sums that cancel over each
+    model count it has its own code for (1 to 4, then any count: 5, 7 and 16), zeros of both
+    signs, subnormals, zero and negative weights, every dtype it reads, and a tail of 63 elements
+    past the last whole block."""
     if _elementwise is None:
         return False
     generator = torch.Generator().manual_seed(0)
-    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 1e4, -1e4, 0.5, -2.5])
+    # values that cancel, and whose sums over 16 models stay finite in float16
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 2e3, -2e3, 0.5, -2.5])
     for dtype, kind in NATIVE_KINDS.items():
-        for models in range(1, _MAX_NATIVE_MODELS + 1):
-            rows = pool[torch.randint(len(pool), (models + 1, 4099), generator=generator)]
+        for models in (1, 2, 3, 4, 5, 7, _MAX_NATIVE_MODELS):
+            rows = pool[torch.randint(len(pool), (models + 1, 4096 + 63), generator=generator)]
             rows = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
-            weights = torch.tensor([0.3, -0.5, 1.0, 0.0][:models], dtype=dtype)
+            weights = torch.tensor([0.3, -0.5, 1.0, 0.0] * 4, dtype=dtype)[:models]
             for sign_consensus in (True, False):
                 for normalize in (True, False):
                     params = {"int8_mask": False, "normalize": normalize, "lambda": 1.0}
                     expected = _combine_as_written(weights, params, sign_consensus, list(rows))
-                    native = _native(kind, rows[0], list(rows[1:]), weights, sign_consensus, normalize)
+                    native = _native(kind, rows[0], list(rows[1:]), weights, params, sign_consensus)
                     if native is None or not torch.equal(native.view(BIT_VIEWS[dtype]), expected.view(BIT_VIEWS[dtype])):
                         log.warning("the native task-arithmetic kernel does not match this torch; combining with torch (slower)")
                         return False

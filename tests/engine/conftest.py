@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
             tag = "_".join(f"{k}-{v}" for k, v in sorted(variant.items())).replace("torch.", "") or "default"
             path = root / tag / name
             base = None if name == "base" else get("base", **variant)
-            seed = {"base": 0, "m1": 1, "m2": 2, "m3": 3}[name]
+            seed = 0 if name == "base" else int(name.removeprefix("m"))  # m1, m2, ...
             built[key] = make_model(path, seed, base=base, **variant)
         return built[key]
 

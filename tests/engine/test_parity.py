@@ -124,6 +124,20 @@ def test_slices_with_per_slice_parameters_and_base(model_dir, tmp_path):
     check(text, tmp_path)
 
 
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "task_arithmetic"])
+@pytest.mark.parametrize("count", [6, 16])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_many_models(method, count, dtype, model_dir, tmp_path):
+    """Past 4 models the combination runs natively up to each tensor's last multiple of 64
+    elements and with torch's operations after it (the embeddings of a 47-token vocabulary end
+    on half a block): mergekit's bits."""
+    models = "".join(
+        f"  - model: {model_dir(f'm{i}', vocab=47)}\n    parameters: {{weight: {0.1 + 0.05 * i:.2f}, density: 0.6}}\n"
+        for i in range(1, count + 1)
+    )
+    check(f"merge_method: {method}\nbase_model: {model_dir('base', vocab=47)}\nmodels:\n{models}dtype: {dtype}\n", tmp_path)
+
+
 def _models(model_dir, **variant) -> dict:
     """base, m1..m3 and tied_m2 (m2 saved with tied embeddings, so without an lm_head)."""
     names = {m: model_dir(m, **variant) for m in ("base", "m1", "m2", "m3")}

@@ -127,20 +127,23 @@ def _whole_tensor_combination(base, deltas, weights, sign_consensus, normalize, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("models", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("models", [1, 2, 3, 4, 5, 8, 16, 17])
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
 @pytest.mark.parametrize("infinities", [False, True])
 def test_large_tensors_keep_the_whole_tensor_bits(merge, dtype, models, method, infinities, torch_threads):
-    """Natively in one pass (split among torch's threads), or a chunk at a time with torch
-    (infinities among the deltas, or over 4 models): the same bits as mergekit's operations over
-    the whole tensor, for every model count (sums over models), with zeros among the deltas."""
+    """Natively in one pass (split among torch's threads; past 4 models torch's operations for
+    the 60 elements past the last whole block), or a chunk at a time with torch (infinities among
+    the deltas, or over 16 models): the same bits as mergekit's operations over the whole tensor,
+    for every model count (sums over models), with zeros among the deltas and cancelling values."""
     generator = torch.Generator().manual_seed(models)
     base = torch.randn(700, 977, generator=generator).to(dtype)
     others = [(base + torch.randn(700, 977, generator=generator) * 0.1).to(dtype) for _ in range(models)]
     others[0].view(-1)[::13] = base.view(-1)[::13]  # zero deltas: sign 0, never elected
     if infinities:
         others[-1].view(-1)[5::10007] = float("inf")
-    weights = [0.3, 0.7, 0.45, 1.0, -0.2][:models]
+    for other in others[1::3]:
+        other.view(-1)[-64:] = -base.view(-1)[-64:] * 3  # large deltas that cancel, in the tail too
+    weights = ([0.3, 0.7, 0.45, 1.0, -0.2] * 4)[:models]
     ties = method == "ties"
     expected = _whole_tensor_combination(base, [o - base for o in others], weights, ties, ties, 0.9)
     out = merge(method, others + [base], base_index=models, params={"normalize": ties, "lambda": 0.9},
@@ -157,7 +160,7 @@ _NONFINITE = [float("inf"), float("-inf"), float("nan")]
 @given(
     data=st.data(),
     dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]),
-    models=st.integers(1, 6),
+    models=st.integers(1, 18),
     method=st.sampled_from(["task_arithmetic", "ties"]),
     finite=st.booleans(),
     int8_mask=st.booleans(),
@@ -168,9 +171,10 @@ _NONFINITE = [float("inf"), float("-inf"), float("nan")]
 def test_combination_has_mergekits_bits(merge, data, dtype, models, method, finite, int8_mask, normalize, lam, native):
     """Natively where the kernel applies, with torch's operations where it does not or where a
     result is not finite: either way mergekit's bits, with cancelling sums over up to six models,
-    signed zeros, subnormals, overflow, zero and negative weights, and NaN and inf among the deltas."""
+    signed zeros, subnormals, overflow, zero and negative weights, and NaN and inf among the deltas;
+    up to 140 elements, so that past 4 models the kernel's part and torch's tail both occur."""
     value = st.sampled_from(_SPECIAL + ([] if finite else _NONFINITE)) | st.floats(-1e4, 1e4, width=32)
-    size = data.draw(st.integers(1, 40))
+    size = data.draw(st.integers(1, 140))
     rows = [torch.tensor(data.draw(st.lists(value, min_size=size, max_size=size)), dtype=dtype) for _ in range(models + 1)]
     base, others = rows[0], rows[1:]
     weights = data.draw(st.lists(st.sampled_from([0.3, 0.7, 1.0, -0.5, 0.0, 1e-3, 2.0]) | st.floats(-3, 3), min_size=models, max_size=models))
