@@ -218,29 +218,47 @@ static int threads_for(int64_t n, int threads) {
     return most < threads ? (int)most : threads;
 }
 
-/* Runs work(jobs[t]) for t < count, on count threads (this one included); a thread that cannot
- * be started leaves its job to this one. The jobs write disjoint parts, so the bits do not depend
- * on the split. */
-static void run_split(void *(*work)(void *), char *jobs, size_t job_size, int count) {
+/* What one thread of a call does: elements [first, last), and whether every result there is
+ * finite. Each kernel's part struct starts with one. */
+typedef struct {
+    int64_t first, last;
+    int all_finite;
+} Span;
+
+/* Splits n elements among up to ``threads`` threads (this one included): part t is a copy of
+ * ``whole`` (a part struct of ``part_size`` bytes) with its own span, in ``parts`` (room for
+ * MAX_THREADS of them), and work(part) runs on its thread; a thread that cannot be started leaves
+ * its part to this one. The parts write disjoint elements, so the bits do not depend on the split.
+ * Returns whether every result was finite. Touches no Python object: call it without the GIL. */
+static int run_parts(void *(*work)(void *), const void *whole, char *parts, size_t part_size, int64_t n, int threads) {
+    const int count = threads_for(n, threads);
+    for (int t = 0; t < count; ++t) {
+        char *part = parts + (size_t)t * part_size;
+        memcpy(part, whole, part_size);
+        *(Span *)part = (Span){n * t / count, n * (t + 1) / count, 1};
+    }
     pthread_t started[MAX_THREADS];
     int running[MAX_THREADS] = {0};
     for (int t = 1; t < count; ++t)
-        running[t] = pthread_create(&started[t], NULL, work, jobs + (size_t)t * job_size) == 0;
-    work(jobs);
-    for (int t = 1; t < count; ++t) {
-        if (running[t])
+        running[t] = pthread_create(&started[t], NULL, work, parts + (size_t)t * part_size) == 0;
+    work(parts);
+    int all_finite = 1;
+    for (int t = 0; t < count; ++t) {
+        if (t > 0 && running[t])
             pthread_join(started[t], NULL);
-        else
-            work(jobs + (size_t)t * job_size);
+        else if (t > 0)
+            work(parts + (size_t)t * part_size);
+        all_finite &= ((const Span *)(parts + (size_t)t * part_size))->all_finite;
     }
+    return all_finite;
 }
 
 static inline size_t element_size(int kind) { return kind == FLOAT32 ? 4 : 2; }
 
-/* Elements [first, last) of a combine() call. */
+/* A thread's part of a combine() call. */
 typedef struct {
-    int kind, sign_consensus, normalize, all_finite;
-    int64_t first, last;
+    Span span;
+    int kind, sign_consensus, normalize;
     const char *base;
     const char *deltas[MAX_MODELS];
     const float *weights;
@@ -251,12 +269,12 @@ typedef struct {
 
 static void *combine_part(void *argument) {
     CombinePart *p = argument;
-    const size_t offset = (size_t)p->first * element_size(p->kind);
+    const size_t offset = (size_t)p->span.first * element_size(p->kind);
     const void *deltas[MAX_MODELS];
     for (Py_ssize_t m = 0; m < p->models; ++m)
         deltas[m] = p->deltas[m] + offset;
-    p->all_finite = combine_of_kind(p->kind, p->last - p->first, p->base + offset, deltas, p->weights, p->models,
-                                    p->sign_consensus, p->normalize, p->fixed_divisor, p->out + offset);
+    p->span.all_finite = combine_of_kind(p->kind, p->span.last - p->span.first, p->base + offset, deltas, p->weights,
+                                         p->models, p->sign_consensus, p->normalize, p->fixed_divisor, p->out + offset);
     return NULL;
 }
 
@@ -284,7 +302,7 @@ static PyObject *combine(PyObject *self, PyObject *args) {
         return NULL;
     }
     float weights[MAX_MODELS];
-    CombinePart whole = {kind, sign_consensus, normalize, 1, 0, n, (const char *)(uintptr_t)base_address, {NULL},
+    CombinePart whole = {{0, n, 1}, kind, sign_consensus, normalize, (const char *)(uintptr_t)base_address, {NULL},
                          weights, models, (float)divisor_value, (char *)(uintptr_t)out_address};
     for (Py_ssize_t m = 0; m < models; ++m) {
         whole.deltas[m] = (const char *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(delta_addresses, m));
@@ -292,27 +310,18 @@ static PyObject *combine(PyObject *self, PyObject *args) {
     }
     if (PyErr_Occurred())
         return NULL;
-    const int count = threads_for(n, threads);
     CombinePart parts[MAX_THREADS];
-    int all_finite = 1;
+    int all_finite;
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < count; ++t) {
-        parts[t] = whole;
-        parts[t].first = n * t / count;
-        parts[t].last = n * (t + 1) / count;
-    }
-    run_split(combine_part, (char *)parts, sizeof(CombinePart), count);
-    for (int t = 0; t < count; ++t)
-        all_finite &= parts[t].all_finite;
+    all_finite = run_parts(combine_part, &whole, (char *)parts, sizeof whole, n, threads);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }
 
-/* Elements [first, last) of a masked() call. */
+/* A thread's part of a masked() call. */
 typedef struct {
+    Span span;
     int kind;
-    uint32_t all_finite;
-    int64_t first, last;
     const char *values;
     const uint8_t *mask;
     char *out;
@@ -325,7 +334,7 @@ static void *masked_part(void *argument) {
     if (p->kind == FLOAT32) {
         const uint32_t *values = (const uint32_t *)p->values, exponent = 0x7F800000u;
         uint32_t *out = (uint32_t *)p->out;
-        for (int64_t i = p->first; i < p->last; ++i) {
+        for (int64_t i = p->span.first; i < p->span.last; ++i) {
             all_finite &= (values[i] & exponent) != exponent;
             out[i] = values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x80000000u);
         }
@@ -333,12 +342,12 @@ static void *masked_part(void *argument) {
         const uint16_t *values = (const uint16_t *)p->values;
         const uint32_t exponent = p->kind == BFLOAT16 ? 0x7F80u : 0x7C00u;
         uint16_t *out = (uint16_t *)p->out;
-        for (int64_t i = p->first; i < p->last; ++i) {
+        for (int64_t i = p->span.first; i < p->span.last; ++i) {
             all_finite &= (values[i] & exponent) != exponent;
             out[i] = (uint16_t)(values[i] & ((0u - (uint32_t)(mask[i] != 0)) | 0x8000u));
         }
     }
-    p->all_finite = all_finite;
+    p->span.all_finite = (int)all_finite;
     return NULL;
 }
 
@@ -358,24 +367,20 @@ static PyObject *masked(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "masked: kind 0-2, n >= 0 and threads >= 1");
         return NULL;
     }
-    const int count = threads_for(n, threads);
+    const MaskedPart whole = {{0, n, 1}, kind, (const char *)(uintptr_t)values_address, (const uint8_t *)(uintptr_t)mask_address,
+                              (char *)(uintptr_t)out_address};
     MaskedPart parts[MAX_THREADS];
-    uint32_t all_finite = 1;
+    int all_finite;
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < count; ++t)
-        parts[t] = (MaskedPart){kind, 1, n * t / count, n * (t + 1) / count, (const char *)(uintptr_t)values_address,
-                                (const uint8_t *)(uintptr_t)mask_address, (char *)(uintptr_t)out_address};
-    run_split(masked_part, (char *)parts, sizeof(MaskedPart), count);
-    for (int t = 0; t < count; ++t)
-        all_finite &= parts[t].all_finite;
+    all_finite = run_parts(masked_part, &whole, (char *)parts, sizeof whole, n, threads);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }
 
-/* Elements [first, last) of a call on two tensors a, b with two float32 factors x, y. */
+/* A thread's part of a call on two tensors a, b with two float32 factors x, y. */
 typedef struct {
-    int kind, all_finite;
-    int64_t first, last;
+    Span span;
+    int kind;
     const char *a, *b;
     float x, y;
     char *out;
@@ -384,7 +389,7 @@ typedef struct {
 /* out = x * a + y * b, each product rounded to float32, the sum rounded to the merge dtype. */
 static ALWAYS_INLINE int interpolate_elements(int kind, const PairPart *p) {
     int all_finite = 1;
-    for (int64_t i = p->first; i < p->last; ++i) {
+    for (int64_t i = p->span.first; i < p->span.last; ++i) {
         float result = rounded(p->x * load(p->a, kind, i) + p->y * load(p->b, kind, i), kind);
         all_finite &= is_finite(result);
         store(p->out, kind, i, result);
@@ -396,7 +401,7 @@ static ALWAYS_INLINE int interpolate_elements(int kind, const PairPart *p) {
 static ALWAYS_INLINE int scaled_product_elements(int kind, const PairPart *p) {
     int all_finite = 1;
     float *out = (float *)p->out;
-    for (int64_t i = p->first; i < p->last; ++i) {
+    for (int64_t i = p->span.first; i < p->span.last; ++i) {
         out[i] = (load(p->a, kind, i) / p->x) * (load(p->b, kind, i) / p->y);
         all_finite &= is_finite(out[i]);
     }
@@ -409,13 +414,13 @@ static ALWAYS_INLINE int scaled_product_elements(int kind, const PairPart *p) {
         PairPart *p = argument;                         \
         switch (p->kind) {                              \
         case BFLOAT16:                                  \
-            p->all_finite = ELEMENTS(BFLOAT16, p);      \
+            p->span.all_finite = ELEMENTS(BFLOAT16, p); \
             break;                                      \
         case FLOAT16:                                   \
-            p->all_finite = ELEMENTS(FLOAT16, p);       \
+            p->span.all_finite = ELEMENTS(FLOAT16, p);  \
             break;                                      \
         default:                                        \
-            p->all_finite = ELEMENTS(FLOAT32, p);       \
+            p->span.all_finite = ELEMENTS(FLOAT32, p);  \
         }                                               \
         return NULL;                                    \
     }
@@ -435,16 +440,12 @@ static PyObject *run_pair(PyObject *args, void *(*work)(void *), const char *nam
         PyErr_Format(PyExc_ValueError, "%s: kind 0-2, n >= 0 and threads >= 1", name);
         return NULL;
     }
-    const int count = threads_for(n, threads);
+    const PairPart whole = {{0, n, 1}, kind, (const char *)(uintptr_t)a_address, (const char *)(uintptr_t)b_address, x, y,
+                            (char *)(uintptr_t)out_address};
     PairPart parts[MAX_THREADS];
-    int all_finite = 1;
+    int all_finite;
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < count; ++t)
-        parts[t] = (PairPart){kind, 1, n * t / count, n * (t + 1) / count, (const char *)(uintptr_t)a_address,
-                              (const char *)(uintptr_t)b_address, x, y, (char *)(uintptr_t)out_address};
-    run_split(work, (char *)parts, sizeof(PairPart), count);
-    for (int t = 0; t < count; ++t)
-        all_finite &= parts[t].all_finite;
+    all_finite = run_parts(work, &whole, (char *)parts, sizeof whole, n, threads);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }
@@ -481,10 +482,10 @@ static int fma_available(void) { return 1; }
 #define MAX_SUMMANDS 64
 #define SUM_BLOCK 512 /* elements summed at a time, in a float32 accumulator on the stack */
 
-/* Elements [first, last) of a weighted_sum() call. */
+/* A thread's part of a weighted_sum() call. */
 typedef struct {
-    int kind, normalize, all_finite;
-    int64_t first, last;
+    Span span;
+    int kind, normalize;
     const char *const *inputs;
     const float *weights;
     Py_ssize_t count;
@@ -495,8 +496,8 @@ typedef struct {
 static FMA_TARGET int weighted_sum_elements(int kind, const SumPart *p) {
     int all_finite = 1;
     float acc[SUM_BLOCK];
-    for (int64_t start = p->first; start < p->last; start += SUM_BLOCK) {
-        const int64_t size = p->last - start < SUM_BLOCK ? p->last - start : SUM_BLOCK;
+    for (int64_t start = p->span.first; start < p->span.last; start += SUM_BLOCK) {
+        const int64_t size = p->span.last - start < SUM_BLOCK ? p->span.last - start : SUM_BLOCK;
         for (int64_t j = 0; j < size; ++j)
             acc[j] = 0.0f;
         for (Py_ssize_t m = 0; m < p->count; ++m) {
@@ -517,13 +518,13 @@ static void *weighted_sum_part(void *argument) {
     SumPart *p = argument;
     switch (p->kind) {
     case BFLOAT16:
-        p->all_finite = weighted_sum_elements(BFLOAT16, p);
+        p->span.all_finite = weighted_sum_elements(BFLOAT16, p);
         break;
     case FLOAT16:
-        p->all_finite = weighted_sum_elements(FLOAT16, p);
+        p->span.all_finite = weighted_sum_elements(FLOAT16, p);
         break;
     default:
-        p->all_finite = weighted_sum_elements(FLOAT32, p);
+        p->span.all_finite = weighted_sum_elements(FLOAT32, p);
     }
     return NULL;
 }
@@ -560,16 +561,11 @@ static PyObject *weighted_sum(PyObject *self, PyObject *args) {
     }
     if (PyErr_Occurred())
         return NULL;
-    const int parts_count = threads_for(n, threads);
+    const SumPart whole = {{0, n, 1}, kind, normalize, inputs, weights, count, divisor, (char *)(uintptr_t)out_address};
     SumPart parts[MAX_THREADS];
-    int all_finite = 1;
+    int all_finite;
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < parts_count; ++t)
-        parts[t] = (SumPart){kind, normalize, 1, n * t / parts_count, n * (t + 1) / parts_count, inputs, weights, count,
-                             divisor, (char *)(uintptr_t)out_address};
-    run_split(weighted_sum_part, (char *)parts, sizeof(SumPart), parts_count);
-    for (int t = 0; t < parts_count; ++t)
-        all_finite &= parts[t].all_finite;
+    all_finite = run_parts(weighted_sum_part, &whole, (char *)parts, sizeof whole, n, threads);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(all_finite);
 }
