@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,14 +101,21 @@ class ShardWriter:
                 f"tensor {name}: produced {tensor.dtype} {tuple(tensor.shape)}, planned {slot.name} "
                 f"{slot.dtype} {slot.shape} (internal planning error)"
             )
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        # Hashed on a thread of its own while the bytes are written (both release the GIL): the
+        # largest tensors are written alone, and their hash no longer waits for their write.
+        digest: dict[str, str] = {}
+        hasher = threading.Thread(target=lambda: digest.update(sha256=hashlib.sha256(data).hexdigest()), name="mergeflow-hash")
+        hasher.start()
         try:
             if shard_index != self._file_index:
                 self._open(shard_index)
-            self._file.write(memoryview(data))
+            self._file.write(data)
         except OSError as err:
             raise OutputError(f"{self.directory / self.file_names[shard_index]}: write failed ({err.strerror})") from None
-        self.tensor_sha256[name] = hashlib.sha256(memoryview(data)).hexdigest()
+        finally:
+            hasher.join()
+        self.tensor_sha256[name] = digest["sha256"]
         self._position += 1
 
     def _open(self, shard_index: int) -> None:
