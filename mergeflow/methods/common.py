@@ -19,6 +19,15 @@ NATIVE_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 BIT_VIEWS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
+def probe_rows(generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype, large: float = 1e4) -> torch.Tensor:
+    """Values to check a native kernel against torch's operations on: zeros of both signs,
+    subnormals, pairs of ``±large`` that cancel, small and plain values, half of them offset by
+    random noise, rounded to ``dtype``."""
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, large, -large, 0.5, -2.5])
+    rows = pool[torch.randint(len(pool), shape, generator=generator)]
+    return (rows + torch.randn(shape, generator=generator) * (torch.rand(shape, generator=generator) < 0.5)).to(dtype)
+
+
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype mergekit 0.1.5 accumulates in: float32, widened only for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from .common import BIT_VIEWS, NATIVE_KINDS, accumulator_dtype, elementwise_in_chunks
+from .common import BIT_VIEWS, NATIVE_KINDS, accumulator_dtype, elementwise_in_chunks, probe_rows
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 try:
@@ -79,11 +79,9 @@ def native_linear_matches_torch() -> bool:
     if _elementwise is None:
         return False
     generator = torch.Generator().manual_seed(0)
-    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 1e4, -1e4, 0.5, -2.5])
     for dtype, kind in NATIVE_KINDS.items():
         for count in range(1, 7):
-            rows = pool[torch.randint(len(pool), (count, 4099), generator=generator)]
-            rows = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
+            rows = probe_rows(generator, (count, 4099), dtype)
             weights = torch.tensor([0.3, -0.5, 1.0, 0.0, 0.7, 0.15][:count])
             for total in (weights.sum() if weights.sum() != 0 else None, None):
                 expected = _mergekit_average(weights, total)(list(rows)).to(dtype)

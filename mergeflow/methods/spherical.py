@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .common import BIT_VIEWS, NATIVE_KINDS, accumulator_dtype, fail, require_base
+from .common import BIT_VIEWS, NATIVE_KINDS, accumulator_dtype, fail, probe_rows, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 try:
@@ -124,11 +124,9 @@ def native_slerp_matches_torch() -> bool:
     if _elementwise is None:
         return False
     generator = torch.Generator().manual_seed(0)
-    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 1e4, -1e4, 0.5, -2.5])
     factors = [(0.25, 0.75), (-0.3, 1.7), (0.0, 1.0), (1.0, -0.0), (3.1e-5, 2.9)]  # finite in float16
     for dtype, kind in NATIVE_KINDS.items():
-        rows = pool[torch.randint(len(pool), (2, 1, 4099), generator=generator)]
-        a, b = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
+        a, b = probe_rows(generator, (2, 1, 4099), dtype)
         for x, y in factors:
             coef_a, coef_b = torch.tensor(x), torch.tensor(y)
             interpolated = torch.empty_like(a)

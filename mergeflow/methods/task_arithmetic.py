@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import sparsify
-from .common import BIT_VIEWS, NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, require_base
+from .common import BIT_VIEWS, NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, probe_rows, require_base
 from .registry import MergeInputs, MethodSpec, Param, Scope, register
 
 try:
@@ -190,12 +190,9 @@ def native_combine_matches_torch() -> bool:
     if _elementwise is None:
         return False
     generator = torch.Generator().manual_seed(0)
-    # values that cancel, and whose sums over 16 models stay finite in float16
-    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-133), 3e-3, -3e-3, 2e3, -2e3, 0.5, -2.5])
     for dtype, kind in NATIVE_KINDS.items():
         for models in (1, 2, 3, 4, 5, 7, _MAX_NATIVE_MODELS):
-            rows = pool[torch.randint(len(pool), (models + 1, 4096 + 63), generator=generator)]
-            rows = (rows + torch.randn(rows.shape, generator=generator) * (torch.rand(rows.shape, generator=generator) < 0.5)).to(dtype)
+            rows = probe_rows(generator, (models + 1, 4096 + 63), dtype, large=2e3)  # sums over 16 models stay finite in float16
             weights = torch.tensor([0.3, -0.5, 1.0, 0.0] * 4, dtype=dtype)[:models]
             for sign_consensus in (True, False):
                 for normalize in (True, False):
