@@ -20,6 +20,10 @@
  * collects say which of them are in, and every other entry is in when its key lies strictly
  * between the boundary keys.
  *
+ * A caller that cannot hold the values whole (a delta computed chunk by chunk from inputs read in
+ * ranges) fills the words with the keys itself, chunk by chunk (keys()), and passes them as its
+ * values' kind plus KEYS: the window then works on them in place and never reads the values.
+ *
  * Written from the algorithm's published behaviour (median of first+1, middle and last-1 moved to
  * first; Hoare partition of [first+1, last) around it; the left part keeps the pivot; blocks of at
  * most 16 are insertion-sorted, which is stable and never moves an entry out of its block).
@@ -41,10 +45,14 @@
 #define NAN_KEY16 0x8000u /* half-precision keys fit in 16 bits, so their radix select is one pass */
 
 enum Kind { BFLOAT16 = 0, FLOAT16 = 1, FLOAT32 = 2 };
+#define KEYS 4 /* added to a kind: words already holding the keys of values of that kind */
+#define INSIDE_IF_COLLECTED 2 /* an ``inside`` byte of a tied entry, until the replay says */
 
 /* The sort key of entry i: the bits of |x|, every NaN alike and above infinity. */
 static inline uint32_t magnitude_key(const void *data, int kind, int64_t i) {
     uint32_t bits;
+    if (kind & KEYS)
+        return ((const uint32_t *)data)[i];
     switch (kind) {
     case BFLOAT16:
         bits = ((const uint16_t *)data)[i] & 0x7FFFu;
@@ -205,7 +213,7 @@ typedef struct {
 } Boundaries;
 
 static void find_boundaries(Select *s, int64_t start, int64_t stop, int descending, Boundaries *b) {
-    if (s->kind == FLOAT32)
+    if ((s->kind & ~KEYS) == FLOAT32)
         for (int64_t i = 0; i < s->n; ++i)
             ++s->high[magnitude_key(s->data, s->kind, i) >> 16];
     else
@@ -234,8 +242,8 @@ static int parse_window_args(PyObject *args, unsigned long long *values, int *ki
                              long long *stop, int *descending, unsigned long long *inside) {
     if (!PyArg_ParseTuple(args, "KiLLLpK", values, kind, n, start, stop, descending, inside))
         return 0;
-    if (*kind < BFLOAT16 || *kind > FLOAT32 || *n < 0 || *start < 0 || *stop > *n) {
-        PyErr_SetString(PyExc_ValueError, "window: kind 0-2 and 0 <= start, stop <= n");
+    if ((*kind & ~KEYS) < BFLOAT16 || (*kind & ~KEYS) > FLOAT32 || *kind > (FLOAT32 | KEYS) || *n < 0 || *start < 0 || *stop > *n) {
+        PyErr_SetString(PyExc_ValueError, "window: kind 0-2, plus 4 for keys, and 0 <= start, stop <= n");
         return 0;
     }
     return 1;
@@ -243,9 +251,11 @@ static int parse_window_args(PyObject *args, unsigned long long *values, int *ki
 
 /* window(values, kind, n, start, stop, descending, inside) -> bool
  *
- * values: address of n contiguous bfloat16 (kind 0), float16 (1) or float32 (2), read only;
+ * values: address of n contiguous bfloat16 (kind 0), float16 (1) or float32 (2), read only; or,
+ * with KEYS added to the kind, of n 32-bit words that keys() filled, used as the scratch and
+ * overwritten;
  * inside: address of n bytes, each set to 1 for an entry that torch.sort(|values| as float32)
- * puts at positions [start, stop), else 0. False, with ``inside`` untouched, when introsort
+ * puts at positions [start, stop), else 0. False, with ``inside`` undefined, when introsort
  * would have fallen back to heapsort on a range that decides membership, or more than 2**30
  * entries tie with a boundary (the caller then sorts). */
 static PyObject *window(PyObject *self, PyObject *args) {
@@ -261,7 +271,7 @@ static PyObject *window(PyObject *self, PyObject *args) {
         Py_RETURN_TRUE;
     }
     Select *select = new_select(values, kind, n);
-    uint32_t *words = malloc((size_t)n * sizeof(uint32_t));
+    uint32_t *words = kind & KEYS ? (uint32_t *)values : malloc((size_t)n * sizeof(uint32_t));
     uint8_t *tied_inside = NULL;
     int ok = 0, out_of_memory = select == NULL || words == NULL;
     if (!out_of_memory) {
@@ -272,32 +282,28 @@ static PyObject *window(PyObject *self, PyObject *args) {
         int64_t tied = b.count[0] + (b.key[1] != b.key[0] ? b.count[1] : 0);
         if (tied <= (int64_t)ORDINAL + 1 && (tied_inside = calloc((size_t)(tied + 7) / 8, 1)) != NULL) {
             w.tied_inside = tied_inside;
+            uint32_t lowest = w.boundary[0] < w.boundary[1] ? w.boundary[0] : w.boundary[1];
+            uint32_t highest = w.boundary[0] ^ w.boundary[1] ^ lowest;
+            /* Every entry's membership but the tied ones' is known from its key already; those
+             * are numbered in index order, so one more pass over ``inside`` fills them in. */
             uint32_t ordinal = 0;
             for (int64_t i = 0; i < n; ++i) {
                 uint32_t k = magnitude_key(values, kind, i);
-                if (k == w.boundary[0])
-                    words[i] = TIED | ordinal++;
-                else if (k == w.boundary[1])
-                    words[i] = TIED | SECOND | ordinal++;
-                else
-                    words[i] = k;
+                int tied_side = k == w.boundary[0] ? 0 : k == w.boundary[1] ? 1 : -1;
+                inside[i] = tied_side >= 0 ? INSIDE_IF_COLLECTED : lowest < k && k < highest;
+                words[i] = tied_side < 0 ? k : TIED | (tied_side ? SECOND : 0) | ordinal++;
             }
             int depth = 0;
             for (long long m = n; m > 1; m >>= 1)
                 ++depth;
             visit(&w, 0, n, 2 * depth);
             if (!w.depth_exceeded) {
-                uint32_t lowest = w.boundary[0] < w.boundary[1] ? w.boundary[0] : w.boundary[1];
-                uint32_t highest = w.boundary[0] ^ w.boundary[1] ^ lowest;
                 ordinal = 0;
-                for (int64_t i = 0; i < n; ++i) {
-                    uint32_t k = magnitude_key(values, kind, i);
-                    if (k == w.boundary[0] || k == w.boundary[1]) {
+                for (int64_t i = 0; i < n; ++i)
+                    if (inside[i] == INSIDE_IF_COLLECTED) {
                         inside[i] = (tied_inside[ordinal >> 3] >> (ordinal & 7)) & 1;
                         ++ordinal;
-                    } else
-                        inside[i] = lowest < k && k < highest;
-                }
+                    }
                 ok = 1;
             }
         } else if (tied <= (int64_t)ORDINAL + 1)
@@ -305,7 +311,8 @@ static PyObject *window(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
     }
     free(select);
-    free(words);
+    if (!(kind & KEYS))
+        free(words);
     free(tied_inside);
     if (out_of_memory)
         return PyErr_NoMemory();
@@ -354,7 +361,42 @@ static PyObject *stable_window(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* keys(values, kind, n, words) -> None
+ *
+ * Fills n 32-bit words with the sort keys of n contiguous values of kind 0-2, for window() of
+ * that kind plus KEYS: a caller fills them chunk by chunk, so the values need never exist whole. */
+static PyObject *keys(PyObject *self, PyObject *args) {
+    unsigned long long values_address, words_address;
+    long long n;
+    int kind;
+    if (!PyArg_ParseTuple(args, "KiLK", &values_address, &kind, &n, &words_address))
+        return NULL;
+    if (kind < BFLOAT16 || kind > FLOAT32 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "keys: kind 0-2 and n >= 0");
+        return NULL;
+    }
+    const void *values = (const void *)(uintptr_t)values_address;
+    uint32_t *words = (uint32_t *)(uintptr_t)words_address;
+    Py_BEGIN_ALLOW_THREADS
+    switch (kind) { /* a loop per kind, so each one vectorises */
+    case BFLOAT16:
+        for (int64_t i = 0; i < n; ++i)
+            words[i] = magnitude_key(values, BFLOAT16, i);
+        break;
+    case FLOAT16:
+        for (int64_t i = 0; i < n; ++i)
+            words[i] = magnitude_key(values, FLOAT16, i);
+        break;
+    default:
+        for (int64_t i = 0; i < n; ++i)
+            words[i] = magnitude_key(values, FLOAT32, i);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"keys", keys, METH_VARARGS, "The sort keys of values, for window() of kind KEYS."},
     {"window", window, METH_VARARGS, "Entries an unstable torch CPU sort of magnitudes puts at positions [start, stop)."},
     {"stable_window", stable_window, METH_VARARGS, "Entries a stable sort of magnitudes puts at positions [start, stop)."},
     {NULL, NULL, 0, NULL},

@@ -6,7 +6,9 @@ introsort, and the native kernel (``_introsort.c``) replays only the partitions 
 inside the window: the same members, without sorting the rest, reading the tensor in place with
 one 32-bit word per entry of scratch. It is used only after it has matched torch's kernel on
 tie-heavy probes in this process; otherwise (no compiler at install, an accelerator, a torch whose
-CPU sort changed, float64) the window comes from torch's sort itself.
+CPU sort changed, float64) the window comes from torch's sort itself. A caller that never holds
+the values whole fills those words itself, chunk by chunk (:func:`fill_keys`), and takes the
+window of the words (:func:`window_of_keys`).
 
 DELLA's row sorts of magnitudes on CPU run on the keys' bit patterns read as integers
 (:func:`argsort_magnitudes`): for non-negative floats that order is the same, comparison for
@@ -30,6 +32,8 @@ except ImportError:  # built optionally (setup.py): without a compiler, torch's 
 
 log = logging.getLogger("mergeflow")
 
+KEYS = 4  # added to a kind: the kernel's words already hold the keys of such values
+
 
 def sort_keys(values: torch.Tensor) -> torch.Tensor:
     """|values| flattened, as float32 on CPU: mergekit sorts that copy there, so ties among
@@ -48,6 +52,26 @@ def magnitude_window(values: torch.Tensor, start: int, stop: int, descending: bo
         if _introsort.window(flat.data_ptr(), kind, flat.numel(), start, stop, descending, inside.data_ptr()):
             return inside
     return _sorted_window_by_sort(sort_keys(values), start, stop, descending)
+
+
+def keys_window_applies(dtype: torch.dtype) -> bool:
+    """Whether :func:`fill_keys` and :func:`window_of_keys` can give the window of values of ``dtype``."""
+    return dtype in NATIVE_KINDS and native_matches_torch()
+
+
+def fill_keys(values: torch.Tensor, words: torch.Tensor) -> None:
+    """Write the sort keys of ``values`` (CPU, contiguous) into ``words``, as many int32: one chunk
+    of what :func:`window_of_keys` reads."""
+    _introsort.keys(values.data_ptr(), NATIVE_KINDS[values.dtype], values.numel(), words.data_ptr())
+
+
+def window_of_keys(words: torch.Tensor, dtype: torch.dtype, start: int, stop: int, descending: bool) -> torch.Tensor | None:
+    """:func:`magnitude_window` of the values of ``dtype`` whose keys :func:`fill_keys` wrote into
+    ``words``, which it reorders in place. None where only torch's sort can tell (introsort's depth
+    limit, or more than 2^30 entries tied at a boundary): the caller then sorts the values."""
+    inside = torch.empty(words.shape, dtype=torch.bool)
+    kind = NATIVE_KINDS[dtype] + KEYS
+    return inside if _introsort.window(words.data_ptr(), kind, words.numel(), start, stop, descending, inside.data_ptr()) else None
 
 
 def stable_magnitude_window(values: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
@@ -87,7 +111,8 @@ def _sorted_window_by_sort(keys: torch.Tensor, start: int, stop: int, descending
 @functools.cache
 def native_matches_torch() -> bool:
     """Whether the native kernel is built and picks torch's own members on probes full of ties
-    (small integers, bfloat16- and float16-rounded values, NaNs), both directions, several windows."""
+    (small integers, bfloat16- and float16-rounded values, NaNs), both directions, several windows,
+    from the values and from their keys."""
     if _introsort is None:
         return False
     generator = torch.Generator().manual_seed(0)
@@ -105,7 +130,11 @@ def native_matches_torch() -> bool:
                 expected = torch.zeros(n, dtype=torch.bool)
                 expected[order[start:stop]] = True
                 inside = torch.empty(n, dtype=torch.bool)
-                if not _introsort.window(values.data_ptr(), kind, n, start, stop, descending, inside.data_ptr()) or not torch.equal(inside, expected):
+                words = torch.empty(n, dtype=torch.int32)
+                _introsort.keys(values.data_ptr(), kind, n, words.data_ptr())
+                of_keys = window_of_keys(words, values.dtype, start, stop, descending)
+                if (not _introsort.window(values.data_ptr(), kind, n, start, stop, descending, inside.data_ptr())
+                        or not torch.equal(inside, expected) or of_keys is None or not torch.equal(of_keys, expected)):
                     log.warning("this torch's CPU sort does not order ties as libstdc++'s introsort does; "
                                 "TIES/breadcrumbs masks come from the full sort (exact, slower)")
                     return False

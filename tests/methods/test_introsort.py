@@ -35,6 +35,21 @@ def test_window_has_the_members_torch_sort_puts_there(entries, a, b, descending,
     assert torch.equal(introsort.magnitude_window(tensor, start, stop, descending), expected)
 
 
+@native
+@settings(max_examples=300, deadline=None)
+@given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans(),
+       st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), st.integers(1, 700))
+def test_window_of_keys_filled_in_chunks_has_the_same_members(entries, a, b, descending, dtype, chunk):
+    """The streamed merges' route: the keys written a chunk at a time, the window taken of them."""
+    tensor = torch.tensor(entries, dtype=torch.float32).to(dtype)
+    start, stop = sorted((min(a, len(entries)), min(b, len(entries))))
+    words = torch.empty(len(entries), dtype=torch.int32)
+    for first in range(0, len(entries), chunk):
+        introsort.fill_keys(tensor[first : first + chunk], words[first : first + chunk])
+    inside = introsort.window_of_keys(words, dtype, start, stop, descending)
+    assert inside is not None and torch.equal(inside, _by_torch_sort(tensor, start, stop, descending))
+
+
 @settings(max_examples=200, deadline=None)
 @given(values, st.integers(0, 3000), st.integers(0, 3000), st.booleans(),
        st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]), st.booleans())
@@ -127,15 +142,18 @@ def _median_of_three_killer(n: int) -> list[float]:
 
 @native
 def test_an_input_past_introsorts_depth_limit_is_left_to_the_sort():
-    """Where introsort would switch to heapsort, the kernel gives up and marks nothing; the
-    window then comes from torch's sort."""
+    """Where introsort would switch to heapsort, the kernel gives up, from the values as from
+    their keys; the window then comes from torch's sort."""
     from mergeflow.methods import _introsort
 
     keys = torch.tensor(_median_of_three_killer(400))
     n = keys.numel()
     copy, inside = keys.clone(), torch.zeros(n, dtype=torch.bool)
     assert not _introsort.window(copy.data_ptr(), 2, n, n // 2, n // 2 + 5, False, inside.data_ptr())
-    assert torch.equal(copy, keys) and not inside.any()
+    assert torch.equal(copy, keys)
+    words = torch.empty(n, dtype=torch.int32)
+    introsort.fill_keys(keys, words)
+    assert introsort.window_of_keys(words, keys.dtype, n // 2, n // 2 + 5, False) is None
     for descending in (True, False):
         assert torch.equal(introsort.magnitude_window(keys, n // 2, n // 2 + 5, descending),
                            _by_torch_sort(keys, n // 2, n // 2 + 5, descending))
