@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -51,6 +52,7 @@ class Checkpoint:
         self._pickles: dict[Path, dict[str, torch.Tensor]] = {}
         self.headers: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._file_of: dict[str, Path] = {}
+        self._data_start: dict[str, int] = {}  # safetensors tensors: where their bytes start in the file
         for file in self.files:
             for name, header in self._read_headers(file).items():
                 if name in self._file_of:
@@ -70,6 +72,7 @@ class Checkpoint:
         checkpoint = cls.__new__(cls)
         checkpoint.path, checkpoint.label, checkpoint.config, checkpoint.files = None, label, config, []
         checkpoint._pickles, checkpoint._file_of, checkpoint.headers = {}, {}, dict(headers)
+        checkpoint._data_start = {}
         return checkpoint
 
     def _read_config(self) -> dict:
@@ -113,7 +116,8 @@ class Checkpoint:
     def _read_headers(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         if file.suffix != ".safetensors":
             return {name: (t.dtype, tuple(t.shape)) for name, t in self._pickle(file).items()}
-        dtypes = _check_safetensors_size(file)
+        dtypes, starts = _check_safetensors_size(file)
+        self._data_start.update(starts)
         unknown = next((name for name, dtype in dtypes.items() if dtype not in SAFETENSORS_DTYPES), None)
         if unknown is not None:
             raise PreflightError(f"{file}: tensor {unknown} has dtype {dtypes[unknown]}, which mergeflow cannot read")
@@ -167,13 +171,57 @@ class Checkpoint:
         except Exception as err:  # a file changed or corrupted since the pre-flight
             raise PreflightError(f"{file}: cannot read tensor {name} ({type(err).__name__}: {str(err)[:200]})") from None
         if tensor.dtype in _FINITE_CHECKED and tensor.numel() and not _finite(tensor):
-            log.warning("model %s: tensor %s contains NaN or inf values", self.label, name)
+            _warn_not_finite(self.label, name)
         return tensor
+
+    def source(self, name: str) -> "StoredTensor | None":
+        """Tensor ``name`` as stored, to be read in ranges instead of whole (safetensors only)."""
+        if name not in self._data_start:
+            return None
+        dtype, shape = self.headers[name]
+        return StoredTensor(self._file_of[name], self._data_start[name], dtype, shape, self.label, name)
 
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
         return archs[0] if len(archs) == 1 else str(self.config.get("model_type", "unknown"))
+
+
+class StoredTensor:
+    """One safetensors tensor read in flat ranges of elements, never whole: the inputs of merges
+    too large to hold at once (``MethodSpec.merge_streamed``). Each read opens the file and reads
+    just its bytes; the first pass over the tensor also checks its values, as ``load`` does."""
+
+    def __init__(self, file: Path, data_start: int, dtype: torch.dtype, shape: tuple[int, ...], label: str, name: str):
+        self.file, self.data_start, self.dtype, self.shape = file, data_start, dtype, shape
+        self.label, self.name = label, name
+        self._checked_until = 0  # the first pass reads in order from 0: each read that extends it is checked
+        self._itemsize = torch.empty((), dtype=dtype).element_size()
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, as a new 1-D tensor."""
+        values = torch.empty(stop - start, dtype=self.dtype)
+        buffer = memoryview(values.view(torch.uint8).numpy())
+        position = self.data_start + start * self._itemsize
+        try:
+            with open(self.file, "rb", buffering=0) as handle:
+                while buffer:
+                    count = os.preadv(handle.fileno(), [buffer], position)
+                    if count == 0:
+                        raise PreflightError(f"{self.file}: ends inside tensor {self.name} (changed since the pre-flight?)")
+                    buffer, position = buffer[count:], position + count
+        except OSError as err:
+            raise PreflightError(f"{self.file}: cannot read tensor {self.name} ({err.strerror})") from None
+        if start == self._checked_until and values.dtype in _FINITE_CHECKED and values.numel():
+            self._checked_until = stop
+            if not _finite(values):
+                self._checked_until = -1  # one warning per tensor: no read starts there
+                _warn_not_finite(self.label, self.name)
+        return values
+
+
+def _warn_not_finite(label: str, name: str) -> None:
+    log.warning("model %s: tensor %s contains NaN or inf values", label, name)
 
 
 def _finite(tensor: torch.Tensor) -> bool:
@@ -182,9 +230,10 @@ def _finite(tensor: torch.Tensor) -> bool:
     return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
-def _check_safetensors_size(file: Path) -> dict[str, str]:
+def _check_safetensors_size(file: Path) -> tuple[dict[str, str], dict[str, int]]:
     """Read a safetensors header and check it against the file's size; returns each tensor's
-    dtype name. A truncated download or a file with trailing garbage fails here."""
+    dtype name and the file offset its bytes start at. A truncated download or a file with
+    trailing garbage fails here."""
     size = file.stat().st_size
     try:
         with open(file, "rb") as handle:
@@ -195,6 +244,7 @@ def _check_safetensors_size(file: Path) -> dict[str, str]:
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
         end = max((int(v["data_offsets"][1]) for v in entries.values()), default=0)
         dtypes = {name: str(v["dtype"]) for name, v in entries.items()}
+        starts = {name: 8 + length + int(v["data_offsets"][0]) for name, v in entries.items()}
     except PreflightError:
         raise
     except OSError as err:
@@ -206,4 +256,4 @@ def _check_safetensors_size(file: Path) -> dict[str, str]:
             f"{file}: the header describes {8 + length + end} bytes but the file has {size} "
             f"(truncated or corrupted; download it again)"
         )
-    return dtypes
+    return dtypes, starts

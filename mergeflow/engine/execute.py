@@ -10,6 +10,7 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -48,7 +49,8 @@ def execute(
     """Merge every task of the plan on ``workers`` threads (default: the available cores) and
     write the results in plan order.
 
-    One helper thread reads inputs in plan order and one writes results behind the math; at most
+    One helper thread reads inputs in plan order (or, for a method that merges from inputs read in
+    ranges, only opens them: see ``_streamed_inputs``) and one writes results behind the math; at most
     ``workers + 1`` tasks are in flight (read or being merged) plus one being written. Tasks are
     read, and start, in plan order, and only while the tensors held (inputs read, and results not
     yet written) and the tasks running fit in the working set of the plan's largest task, so the
@@ -73,11 +75,15 @@ def execute(
     held = CostLimit(max(costs, default=0))
     draws = PlanOrderTurns()
 
-    def read(index: int, task: TensorTask) -> list[torch.Tensor]:
+    def read(index: int, task: TensorTask) -> MergeInputs:
         held.hold(costs[index])
         try:
+            streamed = _streamed_inputs(task, method, checkpoints, math_device, fast_sparsify)
+            if streamed is not None:
+                return streamed  # read by the merge itself, a range at a time
             tensors = [_load(checkpoints[i.model], i.name, task) for i in task.inputs]
-            return tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
+            tensors = tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
+            return _merge_inputs(task, tuple(tensors), fast_sparsify)
         except BaseException:
             held.release(costs[index])
             raise
@@ -91,7 +97,7 @@ def execute(
             raise
         try:
             with budget.running(index, costs[index]):
-                result = _merge_one(task, loaded, method, math_device, partial(draws.turn, index), fast_sparsify)
+                result = _merge_one(task, replace(loaded, random_draws=partial(draws.turn, index)), method, math_device)
                 del loaded
                 return result.to("cpu").to(task.out_dtype).contiguous()
         except BaseException:
@@ -153,38 +159,55 @@ def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
     return tensor.to(task.merge_dtype)
 
 
-def _merge_one(
-    task: TensorTask,
-    inputs: list[torch.Tensor],
-    method: MethodSpec,
-    device: torch.device,
-    random_draws,
-    fast_sparsify: bool,
-) -> torch.Tensor:
-    if not task.merge_dtype.is_floating_point:
-        # Integer buffers are not merged: they pass through when every input agrees.
-        if any(not torch.equal(inputs[0], other) for other in inputs[1:]):
-            raise MergeflowError(f"tensor {task.output_name}: non-floating tensors differ between models and cannot be merged")
-        return inputs[0]
-    merge_inputs = MergeInputs(
-        tensors=tuple(t.to(device) for t in inputs),
+def _merge_inputs(task: TensorTask, tensors: tuple, fast_sparsify: bool) -> MergeInputs:
+    return MergeInputs(
+        tensors=tensors,
         base_index=task.base_index,
         params=task.params,
         model_params=task.model_params,
         tensor_name=task.output_name,
         vocabulary_axis=task.vocabulary_axis,
-        random_draws=random_draws,
         fast_sparsify=fast_sparsify,
     )
+
+
+def _streamed_inputs(task: TensorTask, method: MethodSpec, checkpoints: dict[ModelRef, Checkpoint], device: torch.device,
+                     fast_sparsify: bool) -> MergeInputs | None:
+    """The task's inputs as stored tensors to be read in ranges (``Checkpoint.source``), where the
+    method merges from those (``merge_streamed``): on the CPU, each input stored in the merge dtype
+    and shape (nothing to convert, align or truncate), and parameters the method streams. None
+    where it loads them whole."""
+    if method.merge_streamed is None or device.type != "cpu" or task.vocabulary is not None or not task.merge_dtype.is_floating_point:
+        return None
+    sources = tuple(checkpoints[i.model].source(i.name) for i in task.inputs)
+    if any(s is None or s.dtype != task.merge_dtype or task.load_dtype not in (None, s.dtype) or tuple(s.shape) != task.shape
+           for s in sources):
+        return None
+    inputs = _merge_inputs(task, sources, fast_sparsify)
+    return inputs if method.streams(inputs) else None
+
+
+def _merge_one(task: TensorTask, inputs: MergeInputs, method: MethodSpec, device: torch.device) -> torch.Tensor:
+    tensors = inputs.tensors
+    if not task.merge_dtype.is_floating_point:
+        # Integer buffers are not merged: they pass through when every input agrees.
+        if any(not torch.equal(tensors[0], other) for other in tensors[1:]):
+            raise MergeflowError(f"tensor {task.output_name}: non-floating tensors differ between models and cannot be merged")
+        return tensors[0]
+    streamed = not isinstance(tensors[0], torch.Tensor)
+    if not streamed:
+        inputs = replace(inputs, tensors=tuple(t.to(device) for t in tensors))
     with torch.autocast(device_type=device.type, enabled=False):
         try:
-            result = method.merge(merge_inputs)
+            result = (method.merge_streamed if streamed else method.merge)(inputs)
+        except MergeflowError:
+            raise  # a streamed input that could not be read names its file
         except ValueError as err:
             raise MergeflowError(str(err)) from None  # methods name the tensor
         except Exception as err:  # torch's own errors inside the math name neither
             detail = str(err).splitlines()[0][:200] if str(err) else ""
             raise MergeflowError(f"tensor {task.output_name}: merge method '{method.name}' failed ({type(err).__name__}: {detail})") from None
-    expected = method.output_dtype(task.merge_dtype, len(inputs))
+    expected = method.output_dtype(task.merge_dtype, len(tensors))
     if result.dtype != expected:
         raise RuntimeError(f"tensor {task.output_name}: '{method.name}' returned {result.dtype}, declared {expected}")
     return result

@@ -50,6 +50,10 @@ class CheckpointView:
     def load(self, name: str) -> torch.Tensor:
         return self.inner.load(name)
 
+    def source(self, name: str) -> None:
+        """No tensor of a view is read in ranges: a view computes its tensors whole."""
+        return None
+
 
 def order_label(checkpoint, name: str) -> str:
     """The label mergekit's scheduler gives this tensor's load: its name, except for tensors a

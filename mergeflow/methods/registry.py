@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
@@ -34,6 +34,17 @@ class Param:
     required: bool = False
 
 
+class TensorSource(Protocol):
+    """An input tensor read in flat ranges of elements instead of whole (see
+    ``MethodSpec.merge_streamed``)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, as a new 1-D CPU tensor."""
+
+
 @dataclass(frozen=True)
 class MergeInputs:
     """Everything one output tensor's merge sees, already on the math device and dtype-promoted.
@@ -46,9 +57,11 @@ class MergeInputs:
     inputs.random_draws():`` block, and nothing expensive that needs no draw: the executor merges
     several tensors at once and uses the block to keep the draws in plan order. ``fast_sparsify``
     asks magnitude sparsifiers for a selection instead of a full sort (not bit-identical).
+
+    For ``MethodSpec.merge_streamed`` and ``streams``, ``tensors`` holds :class:`TensorSource`\ s.
     """
 
-    tensors: tuple[torch.Tensor, ...]
+    tensors: tuple[torch.Tensor, ...] | tuple[TensorSource, ...]
     base_index: int | None
     params: Mapping[str, Any]
     model_params: tuple[Mapping[str, Any], ...]
@@ -96,6 +109,10 @@ class MethodSpec:
     result_dtype: Callable[[torch.dtype], torch.dtype] = same_dtype
     uses_accelerator: bool = True
     draws_random: bool = False  # the result depends on the seed (DARE, DELLA)
+    # For inputs too large to hold whole: ``merge`` with the same bits from inputs given as
+    # TensorSources on CPU, for the tasks ``streams`` accepts (given the same MergeInputs).
+    merge_streamed: Callable[[MergeInputs], torch.Tensor] | None = None
+    streams: Callable[[MergeInputs], bool] = lambda inputs: False
     pretty_name: str = ""
     reference_url: str | None = None
     param_index: Mapping[str, Param] = field(init=False, repr=False, compare=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,7 +30,7 @@ log = logging.getLogger("mergeflow")
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    masked = _masked(delta, mask)
+    masked = apply_mask(delta, mask)
     if not rescale:
         return masked
     before = delta.abs().sum()
@@ -39,7 +40,7 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.T
     return masked * (before / after)
 
 
-def _masked(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply_mask(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``delta * mask``; for a bool mask on CPU natively, with the same bits (torch multiplies by
     bools through a slow kernel), unless a value is not finite."""
     kind = NATIVE_KINDS.get(delta.dtype)
@@ -79,37 +80,66 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = False) -> torch.Tensor:
-    """TIES trimming: keep the ``density`` fraction of entries with the largest magnitude.
+@dataclass(frozen=True)
+class SortWindow:
+    """The entries that mergekit's sort of a delta's magnitudes puts at positions [start, stop)."""
 
-    Exact mode keeps the entries mergekit's unstable argsort puts first; its choice among equal
-    magnitudes decides the mask (:func:`magnitude_window`). ``fast`` selects the same count by
-    threshold and, among entries equal to the threshold, keeps the lowest flat indices (a stable
-    sort's choice): same magnitudes kept, ties may differ.
-    """
+    start: int
+    stop: int
+    descending: bool
+
+
+# What a magnitude sparsifier keeps of a delta, besides a SortWindow: every entry, or none (zeros).
+KEEP_ALL, KEEP_NONE = "all", "none"
+Selection = SortWindow | str
+
+
+def magnitude_selection(count: int, density: float) -> Selection:
+    """TIES trimming: the ``density`` fraction of a delta's ``count`` entries with the largest
+    magnitudes."""
     if density >= 1:
-        return delta
+        return KEEP_ALL
     if density <= 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    window = stable_magnitude_window if fast else magnitude_window
-    inside = window(delta, 0, k, descending=True)
-    return _rescaled(delta, inside.view(delta.shape), rescale)
+        return KEEP_NONE
+    return SortWindow(0, max(1, int(density * count)), descending=True)
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool, fast: bool = False):
-    """Model Breadcrumbs: drop the ``gamma`` fraction of largest entries and as many of the
-    smallest as needed to keep ``density`` of the tensor (globally, not per row). ``fast`` as in
-    :func:`magnitude`."""
+def outlier_selection(count: int, density: float, gamma: float) -> Selection:
+    """Model Breadcrumbs: without the ``gamma`` fraction of largest entries and as many of the
+    smallest as needed to keep ``density`` of the tensor (globally, not per row)."""
     if density >= 1:
-        return delta
-    count = delta.numel()
+        return KEEP_ALL
     keep = int(density * count)
     top = int(gamma * count)
     bottom = max(0, count - keep - top)
+    return SortWindow(bottom, bottom + keep, descending=False)
+
+
+def keep_selected(delta: torch.Tensor, selection: Selection, rescale: bool, fast: bool = False) -> torch.Tensor:
+    """``delta`` with only the ``selection``'s entries kept.
+
+    Exact mode keeps the entries mergekit's unstable argsort puts in the window; its choice among
+    equal magnitudes decides the mask (:func:`magnitude_window`). ``fast`` selects the same count by
+    threshold and, among entries equal to a boundary, keeps the lowest flat indices (a stable
+    sort's choice): same magnitudes kept, ties may differ.
+    """
+    if selection == KEEP_ALL:
+        return delta
+    if selection == KEEP_NONE:
+        return torch.zeros_like(delta)
     window = stable_magnitude_window if fast else magnitude_window
-    inside = window(delta, bottom, bottom + keep, descending=False)
+    inside = window(delta, selection.start, selection.stop, selection.descending)
     return _rescaled(delta, inside.view(delta.shape), rescale)
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: bool, fast: bool = False) -> torch.Tensor:
+    """TIES trimming of ``delta`` (:func:`magnitude_selection`, :func:`keep_selected`)."""
+    return keep_selected(delta, magnitude_selection(delta.numel(), density), rescale, fast)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool, fast: bool = False):
+    """Model Breadcrumbs' trimming of ``delta`` (:func:`outlier_selection`, :func:`keep_selected`)."""
+    return keep_selected(delta, outlier_selection(delta.numel(), density, gamma), rescale, fast)
 
 
 def bernoulli_probabilities(delta: torch.Tensor, density: float) -> torch.Tensor:

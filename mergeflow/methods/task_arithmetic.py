@@ -4,21 +4,25 @@ dare_linear, breadcrumbs, breadcrumbs_ties, della and della_linear.
 All eight add a weighted sum of task vectors (model minus base) back onto the base. They differ
 only in how each task vector is sparsified first and whether a TIES sign election decides which
 entries may add up, so they share one implementation and differ by two knobs.
+
+The deterministic ones also merge from inputs read a chunk at a time (:func:`merge_streamed`),
+so a tensor's inputs and deltas are never held whole.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
 
-from . import sparsify
-from .common import BIT_VIEWS, NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, probe_rows, require_base
-from .registry import MergeInputs, MethodSpec, Param, Scope, register
+from . import introsort, sparsify
+from .common import BIT_VIEWS, CHUNK, NATIVE_KINDS, elementwise_in_chunks, fail, majority_sign_mask, probe_rows, require_base
+from .registry import MergeInputs, MethodSpec, Param, Scope, TensorSource, register
 
 try:
     from . import _elementwise
@@ -34,12 +38,12 @@ Drawn = Callable[[], Callable[[], torch.Tensor]]
 
 @dataclass(frozen=True)
 class Sparsifier:
-    """Either ``prune`` (deterministic: delta, params, rescale, fast -> sparse delta) or, for the
-    random ones, ``prepare`` (delta, params, rescale -> the step that draws the mask, which
-    returns the step that makes the sparse delta); ``prepare`` does the expensive deterministic
-    part and draws nothing."""
+    """Either ``select`` (deterministic: a delta's entry count and params -> which entries its
+    magnitudes' sort keeps) or, for the random ones, ``prepare`` (delta, params, rescale -> the
+    step that draws the mask, which returns the step that makes the sparse delta); ``prepare``
+    does the expensive deterministic part and draws nothing."""
 
-    prune: Callable[[torch.Tensor, Mapping[str, Any], bool, bool], torch.Tensor] | None = None
+    select: Callable[[int, Mapping[str, Any]], sparsify.Selection] | None = None
     prepare: Callable[[torch.Tensor, Mapping[str, Any], bool], Drawn] | None = None
 
 
@@ -60,10 +64,8 @@ def _prepare_della(delta: torch.Tensor, params: Mapping[str, Any], rescale: bool
     return lambda: sparsify.masked_draw(delta, probabilities, rescale)
 
 
-MAGNITUDE = Sparsifier(prune=lambda d, p, rescale, fast: sparsify.magnitude(d, p["density"], rescale, fast))
-OUTLIERS = Sparsifier(
-    prune=lambda d, p, rescale, fast: sparsify.magnitude_outliers(d, p["density"], p["gamma"], rescale, fast)
-)
+MAGNITUDE = Sparsifier(select=lambda count, p: sparsify.magnitude_selection(count, p["density"]))
+OUTLIERS = Sparsifier(select=lambda count, p: sparsify.outlier_selection(count, p["density"], p["gamma"]))
 DARE = Sparsifier(prepare=_prepare_dare)
 DELLA = Sparsifier(prepare=_prepare_della)
 
@@ -79,9 +81,10 @@ def _sparsified(inputs: MergeInputs, base: torch.Tensor, sparsifier: Sparsifier 
     if sparsifier is None:
         return [tensor - base for tensor in inputs.others]
     try:
-        if sparsifier.prune is not None:
+        if sparsifier.select is not None:
             pairs = zip(inputs.others, inputs.other_params)
-            return [sparsifier.prune(tensor - base, p, rescale, inputs.fast_sparsify) for tensor, p in pairs]
+            return [sparsify.keep_selected(tensor - base, sparsifier.select(base.numel(), p), rescale, inputs.fast_sparsify)
+                    for tensor, p in pairs]
         deltas = [tensor - base for tensor in inputs.others]
         steps = [sparsifier.prepare(d, p, rescale) for d, p in zip(deltas, inputs.other_params)]
     except ValueError as exc:
@@ -111,6 +114,69 @@ def merge(inputs: MergeInputs, sparsifier: Sparsifier | None, sign_consensus: bo
         return combined
     combine = partial(_combine_as_written, weights, inputs.params, sign_consensus)
     return elementwise_in_chunks(combine, [base, *deltas], base.dtype)
+
+
+def streams(inputs: MergeInputs, sparsifier: Sparsifier | None) -> bool:
+    """Whether :func:`merge_streamed` gives this merge's bits: not with a random sparsifier (its
+    draws are of whole tensors), a rescale (L1 norms of whole deltas, whose bits follow torch's
+    reduction of the whole) or ``--fast-sparsify`` (its selection needs no scratch, so it keeps the
+    delta whole instead), and the sort window from keys only where the native kernel reads them."""
+    if sparsifier is None:
+        return True
+    return (sparsifier.select is not None and not inputs.params["rescale"] and not inputs.fast_sparsify
+            and introsort.keys_window_applies(inputs.tensors[0].dtype))
+
+
+def merge_streamed(inputs: MergeInputs, sparsifier: Sparsifier | None, sign_consensus: bool, chunk: int = CHUNK) -> torch.Tensor:
+    """:func:`merge` from :class:`TensorSource` inputs, with the same bits, never holding an input
+    or a delta whole: each model's sparsification is decided first (:func:`_kept_entries`), then
+    the deltas are made, masked and combined ``chunk`` elements at a time into the output. Each
+    step is per element but the sort, so every element meets the same operations as in ``merge``;
+    besides the output, one 32-bit word per entry while a model's sort window is found, and a
+    bool mask per model after, are the only tensor-sized memory. ``chunk`` must be a multiple of
+    the combination's blocks (:data:`_TAIL_ALIGNMENT`); the default keeps each part's buffers
+    under 2 MB, which torch's allocator would otherwise back with fresh huge pages each time."""
+    base = require_base(inputs)
+    count = math.prod(base.shape)
+    keeps = [_kept_entries(base, other, p, sparsifier, chunk) for other, p in zip(inputs.others, inputs.other_params)]
+    weights = torch.tensor([p["weight"] for p in inputs.other_params], dtype=base.dtype)
+    out = torch.empty(base.shape, dtype=base.dtype)
+    flat = out.view(-1)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        base_part = base.read(start, stop)
+        if not keeps:
+            flat[start:stop] = base_part
+            continue
+        deltas = [keep(other.read(start, stop) - base_part, start, stop) for other, keep in zip(inputs.others, keeps)]
+        combined = _combine_natively(base_part, deltas, weights, inputs.params, sign_consensus)
+        flat[start:stop] = combined if combined is not None else _combine_as_written(weights, inputs.params, sign_consensus, [base_part, *deltas])
+    return out
+
+
+KeptPart = Callable[[torch.Tensor, int, int], torch.Tensor]  # (delta's part, start, stop) -> its sparsified part
+
+
+def _kept_entries(base: TensorSource, other: TensorSource, params: Mapping[str, Any], sparsifier: Sparsifier | None, chunk: int) -> KeptPart:
+    """What model ``other``'s sparsifier keeps of each part of its delta. A sort window is found
+    from the delta's keys, filled in chunk by chunk; where only torch's sort can tell
+    (:func:`introsort.window_of_keys`), from the delta made whole."""
+    count = math.prod(base.shape)
+    selection = sparsify.KEEP_ALL if sparsifier is None else sparsifier.select(count, params)
+    if selection == sparsify.KEEP_ALL:
+        return lambda delta, start, stop: delta
+    if selection == sparsify.KEEP_NONE:
+        return lambda delta, start, stop: torch.zeros_like(delta)
+    parts = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+    words = torch.empty(count, dtype=torch.int32)
+    for start, stop in parts:
+        introsort.fill_keys(other.read(start, stop) - base.read(start, stop), words[start:stop])
+    inside = introsort.window_of_keys(words, base.dtype, selection.start, selection.stop, selection.descending)
+    del words
+    if inside is None:
+        delta = torch.cat([other.read(start, stop) - base.read(start, stop) for start, stop in parts])
+        inside = introsort.magnitude_window(delta, selection.start, selection.stop, selection.descending)
+    return lambda delta, start, stop: sparsify.apply_mask(delta, inside[start:stop])
 
 
 def _combine_as_written(weights: torch.Tensor, params: Mapping[str, Any], sign_consensus: bool, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -229,6 +295,8 @@ def _register(
         MethodSpec(
             name=name,
             merge=partial(merge, sparsifier=sparsifier, sign_consensus=sign_consensus),
+            merge_streamed=partial(merge_streamed, sparsifier=sparsifier, sign_consensus=sign_consensus),
+            streams=partial(streams, sparsifier=sparsifier),
             params=params,
             requires_base=True,
             draws_random=sparsifier in (DARE, DELLA),

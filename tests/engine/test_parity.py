@@ -138,6 +138,20 @@ def test_many_models(method, count, dtype, model_dir, tmp_path):
     check(f"merge_method: {method}\nbase_model: {model_dir('base', vocab=47)}\nmodels:\n{models}dtype: {dtype}\n", tmp_path)
 
 
+@pytest.mark.parametrize(("name", "in_ranges"), [("ties", True), ("breadcrumbs", True), ("task_arithmetic", True), ("dare_ties", False)])
+def test_which_merges_read_their_inputs_in_ranges(name, in_ranges, model_dir, tmp_path, monkeypatch):
+    """The deterministic task-arithmetic merges read every input tensor a range at a time, never
+    whole (``merge_streamed``), with mergekit's bits; the random ones load theirs whole."""
+    from mergeflow.engine import checkpoint
+
+    whole, ranges = set(), set()
+    load, read = checkpoint.Checkpoint.load, checkpoint.StoredTensor.read
+    monkeypatch.setattr(checkpoint.Checkpoint, "load", lambda self, name: whole.add(name) or load(self, name))
+    monkeypatch.setattr(checkpoint.StoredTensor, "read", lambda self, *span: ranges.add(self.name) or read(self, *span))
+    check(render(METHOD_CONFIGS[name], model_dir, name), tmp_path)
+    assert (not whole, bool(ranges)) == (in_ranges, in_ranges)
+
+
 def _models(model_dir, **variant) -> dict:
     """base, m1..m3 and tied_m2 (m2 saved with tied embeddings, so without an lm_head)."""
     names = {m: model_dir(m, **variant) for m in ("base", "m1", "m2", "m3")}

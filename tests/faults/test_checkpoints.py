@@ -12,7 +12,7 @@ import struct
 
 import pytest
 import torch
-from faults_support import linear
+from faults_support import linear, tree
 from safetensors.torch import load_file, save_file
 
 from oracle import load_dir
@@ -23,6 +23,7 @@ def no_weight_reads(monkeypatch):
     from mergeflow.engine import checkpoint
 
     monkeypatch.setattr(checkpoint.Checkpoint, "load", lambda *a: pytest.fail("a weight was read"))
+    monkeypatch.setattr(checkpoint.StoredTensor, "read", lambda *a: pytest.fail("a weight was read in ranges"))
 
 
 def _index(model):
@@ -183,6 +184,49 @@ def test_non_finite_input_values_are_named_in_a_warning(merge, models, model_cop
     assert code == 0, err
     assert f"model {model}: tensor model.layers.1.mlp.up_proj.weight contains NaN or inf" in err
     assert err.count("NaN or inf") == 1
+
+
+def _ties(base, *models) -> str:
+    body = "".join(f"  - model: {m}\n    parameters: {{weight: 0.5, density: 0.5}}\n" for m in models)
+    return f"merge_method: ties\nbase_model: {base}\nmodels:\n{body}"
+
+
+def test_non_finite_values_read_in_ranges_are_named_in_a_warning(merge, models, model_copy):
+    """TIES reads its inputs a range at a time (merge_streamed), and warns as a whole load does."""
+    model = model_copy("m1")
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.embed_tokens.weight"][-1, -1] = float("nan")
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    code, err = merge.run(_ties(models["base"], model, models["m2"]))
+    assert code == 0, err
+    assert f"model {model}: tensor model.embed_tokens.weight contains NaN or inf" in err
+    assert err.count("NaN or inf") == 1
+
+
+def test_input_shortened_during_a_merge_that_reads_it_in_ranges(merge, models, model_copy, monkeypatch):
+    """A file cut short after the pre-flight fails the read that reaches its end: one line naming
+    the file and tensor, and no output or staging dir left."""
+    from mergeflow.engine import checkpoint
+
+    model = model_copy("m1")
+    file = model / "model.safetensors"
+    read = checkpoint.StoredTensor.read
+
+    def cut_short_first(source, start, stop):
+        if file.stat().st_size == len(original):
+            os.truncate(file, len(original) - 4)
+        return read(source, start, stop)
+
+    original = file.read_bytes()
+    monkeypatch.setattr(checkpoint.StoredTensor, "read", cut_short_first)
+    before = tree(merge.root)
+    code, err = merge.run(_ties(models["base"], model, models["m2"]))
+    after = tree(merge.root)
+    assert code == 1 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("mergeflow merge: error")]
+    assert len(errors) == 1 and str(file) in errors[0] and "ends inside tensor" in errors[0], err
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    assert changed == {str(file.relative_to(merge.root)), merge.config.name}
 
 
 def test_links_out_of_a_local_model_are_not_copied(merge, models, model_copy, tmp_path):

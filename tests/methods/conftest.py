@@ -37,6 +37,12 @@ def build_inputs(
 
 
 @pytest.fixture
+def inputs_of() -> Callable[..., MergeInputs]:
+    """:func:`build_inputs`, for tests that call a method's functions themselves."""
+    return build_inputs
+
+
+@pytest.fixture
 def merge() -> Callable[..., torch.Tensor]:
     """``merge(method, tensors, base_index=..., params=..., model_params=...)`` -> result, with
     the declared result dtype checked on every call."""

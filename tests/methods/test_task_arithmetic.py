@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mergeflow.methods import task_arithmetic
+from mergeflow.methods import get_method, introsort, task_arithmetic
 
 BASE = torch.tensor([10.0, 20.0, 30.0, 40.0])
 # hand-made task vectors for a three-model sign election
@@ -193,3 +195,87 @@ def test_native_combination_is_used_here():
     """The kernel is built (setup.py) and matched torch's bits on this torch's probes; otherwise
     the tests above check torch's operations only."""
     assert task_arithmetic.native_combine_matches_torch()
+
+
+class _InMemorySource:
+    """A TensorSource over a tensor, counting the elements read: the merge must read in parts."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor, self.shape, self.dtype = tensor, tuple(tensor.shape), tensor.dtype
+        self.largest_read = 0
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        self.largest_read = max(self.largest_read, stop - start)
+        return self.tensor.reshape(-1)[start:stop].clone()
+
+
+def _streamed(inputs_of, method: str, tensors, chunk: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor, list[_InMemorySource]]:
+    """(merge's result, merge_streamed's from the same tensors as sources, the sources)."""
+    spec = get_method(method)
+    inputs = inputs_of(method, tensors, **kwargs)
+    sources = [_InMemorySource(t) for t in tensors]
+    streamed_inputs = replace(inputs, tensors=tuple(sources))
+    assert spec.streams(streamed_inputs)
+    streamed = spec.merge_streamed.func(streamed_inputs, chunk=chunk, **spec.merge_streamed.keywords)
+    return spec.merge(inputs), streamed, sources
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view({torch.float32: torch.int32, torch.float64: torch.int64}.get(tensor.dtype, torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("models", [1, 2, 5, 17])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize("chunk", [64, 4096])
+def test_streamed_merge_has_the_in_memory_bits(inputs_of, method, models, dtype, chunk):
+    """From inputs read a chunk at a time, the bits of the merge of whole tensors: few-valued
+    deltas (ties at every sort boundary), a tensor that ends inside a block of 64, one model kept
+    whole and one dropped (density 1 and 0), and past 4 models the combination's tail."""
+    generator = torch.Generator().manual_seed(models)
+    base = torch.randn(301, 77, generator=generator).to(dtype)
+    others = [(base + torch.randint(-3, 4, base.shape, generator=generator) * 0.25).to(dtype) for _ in range(models)]
+    densities = [0.3, 1.0, 0.0, 0.6, 0.45][:models] + [0.5] * max(0, models - 5)
+    model_params = [{"weight": 0.7 - 0.1 * i, "density": d, "gamma": 0.02} for i, d in enumerate(densities)] + [{}]
+    whole, streamed, sources = _streamed(inputs_of, method, [*others, base], chunk, base_index=models, model_params=model_params)
+    assert torch.equal(_bits(streamed), _bits(whole))
+    assert max(s.largest_read for s in sources) == min(chunk, base.numel())
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_streamed_merge_of_values_that_are_not_finite(inputs_of, method):
+    """Parts whose combination is not finite are combined by torch's operations, as whole tensors are."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(5000, generator=generator).to(torch.bfloat16)
+    other = base + torch.randn(5000, generator=generator).to(torch.bfloat16)
+    other[::97], other[5::131] = float("inf"), float("nan")
+    params = [{"weight": 0.5, "density": 0.5}, {}]
+    whole, streamed, _ = _streamed(inputs_of, method, [other, base], 256, base_index=1, model_params=params, params={"lambda": 1.5})
+    assert torch.equal(_bits(streamed), _bits(whole))
+
+
+def test_streamed_merge_sorts_the_delta_where_the_keys_cannot_tell(inputs_of, monkeypatch):
+    """Where the window of keys gives up (introsort's depth limit), the delta is made whole and
+    sorted, as the in-memory merge does."""
+    monkeypatch.setattr(introsort, "window_of_keys", lambda *args: None)
+    generator = torch.Generator().manual_seed(4)
+    base = torch.randn(3000, generator=generator).to(torch.bfloat16)
+    others = [(base + torch.randint(-2, 3, (3000,), generator=generator) * 0.5).to(torch.bfloat16) for _ in range(2)]
+    params = [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 0.7}, {}]
+    whole, streamed, _ = _streamed(inputs_of, "ties", [*others, base], 128, base_index=2, model_params=params)
+    assert torch.equal(_bits(streamed), _bits(whole))
+
+
+@pytest.mark.parametrize(("method", "dtype", "params", "fast", "streams"), [
+    ("ties", torch.bfloat16, {}, False, True),
+    ("ties", torch.bfloat16, {"rescale": True}, False, False),  # L1 norms of whole deltas
+    ("ties", torch.bfloat16, {}, True, False),  # --fast-sparsify keeps the delta whole
+    ("ties", torch.float64, {}, False, False),  # no native window for float64 keys
+    ("task_arithmetic", torch.float64, {}, False, True),
+    ("dare_ties", torch.bfloat16, {}, False, False),  # draws over whole tensors
+    ("della", torch.bfloat16, {}, False, False),
+])
+def test_which_merges_stream(inputs_of, method, dtype, params, fast, streams):
+    tensors = [torch.zeros(8, dtype=dtype)] * 2
+    inputs = inputs_of(method, tensors, base_index=1, params=params, model_params=[{"weight": 1.0, "density": 0.5}, {}])
+    assert get_method(method).streams(replace(inputs, fast_sparsify=fast)) is streams
