@@ -96,12 +96,12 @@ Selection = SortWindow | str
 
 def magnitude_selection(count: int, density: float) -> Selection:
     """TIES trimming: the ``density`` fraction of a delta's ``count`` entries with the largest
-    magnitudes."""
+    magnitudes, at least one (mergekit 0.1.5's ``max(1, k)``; none of an empty delta)."""
     if density >= 1:
         return KEEP_ALL
     if density <= 0:
         return KEEP_NONE
-    return SortWindow(0, max(1, int(density * count)), descending=True)
+    return SortWindow(0, min(count, max(1, int(density * count))), descending=True)
 
 
 def outlier_selection(count: int, density: float, gamma: float) -> Selection:

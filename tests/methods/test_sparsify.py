@@ -19,6 +19,15 @@ def test_magnitude_keeps_at_least_one_and_none_at_zero_density():
     assert sparsify.magnitude(delta, 1.0, False) is delta
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("rescale", [False, True])
+def test_magnitude_of_an_empty_delta_is_empty(fast, rescale):
+    """mergekit 0.1.5 keeps max(1, k) entries, which of an empty tensor selects none."""
+    delta = torch.zeros(0, 4, dtype=torch.bfloat16)
+    out = sparsify.magnitude(delta, 0.5, rescale, fast=fast)
+    assert out.shape == (0, 4) and out.dtype == torch.bfloat16
+
+
 def test_magnitude_rescale_preserves_the_l1_norm():
     delta = torch.tensor([1.0, -5.0, 3.0, -2.0])  # L1 11, kept L1 8
     out = sparsify.magnitude(delta, 0.5, rescale=True)
