@@ -53,6 +53,7 @@ class Checkpoint:
         self.headers: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._file_of: dict[str, Path] = {}
         self._data_start: dict[str, int] = {}  # safetensors tensors: where their bytes start in the file
+        self._signatures: dict[Path, tuple[int, ...]] = {}  # safetensors files as the pre-flight found them
         for file in self.files:
             for name, header in self._read_headers(file).items():
                 if name in self._file_of:
@@ -72,7 +73,7 @@ class Checkpoint:
         checkpoint = cls.__new__(cls)
         checkpoint.path, checkpoint.label, checkpoint.config, checkpoint.files = None, label, config, []
         checkpoint._pickles, checkpoint._file_of, checkpoint.headers = {}, {}, dict(headers)
-        checkpoint._data_start = {}
+        checkpoint._data_start, checkpoint._signatures = {}, {}
         return checkpoint
 
     def _read_config(self) -> dict:
@@ -116,6 +117,7 @@ class Checkpoint:
     def _read_headers(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         if file.suffix != ".safetensors":
             return {name: (t.dtype, tuple(t.shape)) for name, t in self._pickle(file).items()}
+        self._signatures[file] = _file_signature(file.stat())  # before the header, so a change after it shows
         dtypes, starts = _check_safetensors_size(file)
         self._data_start.update(starts)
         unknown = next((name for name, dtype in dtypes.items() if dtype not in SAFETENSORS_DTYPES), None)
@@ -160,6 +162,7 @@ class Checkpoint:
         file = self._file_of[name]
         try:
             if file.suffix == ".safetensors":
+                _check_unchanged(file, self._signatures[file], file.stat(), name)
                 # A short-lived handle: the file's mapped pages are released with it, so resident
                 # memory stays at the tensors in use instead of growing with every shard read.
                 with safe_open(str(file), framework="pt") as handle:
@@ -178,8 +181,8 @@ class Checkpoint:
         """Tensor ``name`` as stored, to be read in ranges instead of whole (safetensors only)."""
         if name not in self._data_start:
             return None
-        dtype, shape = self.headers[name]
-        return StoredTensor(self._file_of[name], self._data_start[name], dtype, shape, self.label, name)
+        dtype, shape, file = *self.headers[name], self._file_of[name]
+        return StoredTensor(file, self._signatures[file], self._data_start[name], dtype, shape, self.label, name)
 
     @property
     def architecture(self) -> str:
@@ -189,11 +192,11 @@ class Checkpoint:
 
 class StoredTensor:
     """One safetensors tensor read in flat ranges of elements, never whole: the inputs of merges
-    too large to hold at once (``MethodSpec.merge_streamed``). Each read opens the file and reads
-    just its bytes; the first pass over the tensor also checks its values, as ``load`` does."""
+    too large to hold at once (``MethodSpec.merge_streamed``). Each read opens the file, checks it
+    is the one the pre-flight read (``signature``), and reads just its bytes; the first pass over the tensor also checks its values, as ``load`` does."""
 
-    def __init__(self, file: Path, data_start: int, dtype: torch.dtype, shape: tuple[int, ...], label: str, name: str):
-        self.file, self.data_start, self.dtype, self.shape = file, data_start, dtype, shape
+    def __init__(self, file: Path, signature: tuple[int, ...], data_start: int, dtype: torch.dtype, shape: tuple[int, ...], label: str, name: str):
+        self.file, self.signature, self.data_start, self.dtype, self.shape = file, signature, data_start, dtype, shape
         self.label, self.name = label, name
         self._checked_until = 0  # the first pass reads in order from 0: each read that extends it is checked
         self._itemsize = torch.empty((), dtype=dtype).element_size()
@@ -205,10 +208,11 @@ class StoredTensor:
         position = self.data_start + start * self._itemsize
         try:
             with open(self.file, "rb", buffering=0) as handle:
+                _check_unchanged(self.file, self.signature, os.fstat(handle.fileno()), self.name)
                 while buffer:
                     count = os.preadv(handle.fileno(), [buffer], position)
-                    if count == 0:
-                        raise PreflightError(f"{self.file}: ends inside tensor {self.name} (changed since the pre-flight?)")
+                    if count == 0:  # cut short while open
+                        raise PreflightError(f"{self.file}: ends inside tensor {self.name} (changed since the pre-flight)")
                     buffer, position = buffer[count:], position + count
         except OSError as err:
             raise PreflightError(f"{self.file}: cannot read tensor {self.name} ({err.strerror})") from None
@@ -218,6 +222,20 @@ class StoredTensor:
                 self._checked_until = -1  # one warning per tensor: no read starts there
                 _warn_not_finite(self.label, self.name)
         return values
+
+
+def _file_signature(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells a file unchanged during a merge: the same inode, size and mtime, which a rewrite,
+    a truncation or a replacement changes. Not ctime (unlike the hash cache's): a hard link made
+    to an input, or a chmod, changes it and nothing the merge reads."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _check_unchanged(file: Path, signature: tuple[int, ...], stat: os.stat_result, name: str) -> None:
+    """A tensor is read only from the file the pre-flight checked: the header's offsets, and the
+    inputs' hashes in the provenance, hold for no other."""
+    if _file_signature(stat) != signature:
+        raise PreflightError(f"{file}: changed since the pre-flight, while tensor {name} was read; run the merge again")
 
 
 def _warn_not_finite(label: str, name: str) -> None:

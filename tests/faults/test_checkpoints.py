@@ -203,28 +203,55 @@ def test_non_finite_values_read_in_ranges_are_named_in_a_warning(merge, models, 
     assert err.count("NaN or inf") == 1
 
 
-def test_input_shortened_during_a_merge_that_reads_it_in_ranges(merge, models, model_copy, monkeypatch):
-    """A file cut short after the pre-flight fails the read that reaches its end: one line naming
+def _cut_short(file, original):
+    os.truncate(file, len(original) - 4)
+
+
+def _rewritten_in_place(file, original):
+    """The same size, other bytes: a tool rewriting the file where it lies."""
+    with open(file, "r+b") as handle:
+        handle.seek(len(original) - 4)
+        handle.write(bytes(4))
+
+
+def _replaced(file, original):
+    """Another file renamed over it, of the same size and mtime."""
+    stat = file.stat()
+    replacement = file.with_name(file.name + ".new")
+    replacement.write_bytes(original[:-4] + bytes(4))
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, file)
+
+
+@pytest.mark.parametrize("change", [_cut_short, _rewritten_in_place, _replaced])
+@pytest.mark.parametrize("in_ranges", [True, False], ids=["read-in-ranges", "loaded-whole"])
+def test_input_changed_during_a_merge(merge, models, model_copy, monkeypatch, change, in_ranges):
+    """A file changed after the pre-flight fails the next read of it, before its bytes are used,
+    whether the merge reads it in ranges (ties) or loads its tensors whole (linear): one line naming
     the file and tensor, and no output or staging dir left."""
     from mergeflow.engine import checkpoint
 
     model = model_copy("m1")
     file = model / "model.safetensors"
-    read = checkpoint.StoredTensor.read
-
-    def cut_short_first(source, start, stop):
-        if file.stat().st_size == len(original):
-            os.truncate(file, len(original) - 4)
-        return read(source, start, stop)
-
     original = file.read_bytes()
-    monkeypatch.setattr(checkpoint.StoredTensor, "read", cut_short_first)
+    changed_once = []
+
+    def changing_the_file_first(read):
+        def first_read_changes_it(*args):
+            if not changed_once:
+                changed_once.append(change(file, original))
+            return read(*args)
+
+        return first_read_changes_it
+
+    monkeypatch.setattr(checkpoint.StoredTensor, "read", changing_the_file_first(checkpoint.StoredTensor.read))
+    monkeypatch.setattr(checkpoint.Checkpoint, "load", changing_the_file_first(checkpoint.Checkpoint.load))
     before = tree(merge.root)
-    code, err = merge.run(_ties(models["base"], model, models["m2"]))
+    code, err = merge.run(_ties(models["base"], model, models["m2"]) if in_ranges else linear(models["base"], model))
     after = tree(merge.root)
-    assert code == 1 and "Traceback" not in err, err
+    assert changed_once and code == 1 and "Traceback" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("mergeflow merge: error")]
-    assert len(errors) == 1 and str(file) in errors[0] and "ends inside tensor" in errors[0], err
+    assert len(errors) == 1 and str(file) in errors[0] and "changed since the pre-flight" in errors[0], err
     changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     assert changed == {str(file.relative_to(merge.root)), merge.config.name}
 
