@@ -112,6 +112,19 @@ def build_model(path: Path, seed: int, hidden: int, intermediate: int, layers: i
     return total, max(s.numel() * 2 for s in shapes.values())
 
 
+def native_kernels() -> str:
+    """Which of mergeflow's optional compiled kernels this interpreter uses: without them (no
+    compiler at install, or a checkout whose ``.so`` files were not built) mergeflow is exact but
+    slower, and its figures are not the README's."""
+    from mergeflow.methods import introsort, linear, spherical, sparsify, task_arithmetic
+
+    probes = {"sort": introsort.native_matches_torch, "linear": linear.native_linear_matches_torch,
+              "slerp": spherical.native_slerp_matches_torch, "masks": sparsify.native_masking_matches_torch,
+              "combine": task_arithmetic.native_combine_matches_torch}
+    missing = [name for name, matches in probes.items() if not matches()]
+    return "native kernels: all in use" if not missing else f"native kernels NOT in use: {', '.join(missing)} (figures slower than the README's)"
+
+
 def tensors_of(directory: Path):
     """(name, tensor) for every tensor of a checkpoint directory, one at a time."""
     for file in sorted(directory.glob("*.safetensors")):
@@ -193,7 +206,7 @@ def main() -> None:
         size, largest = sizes[0]
         print(f"inputs: {args.models} x {size / 1e9:.2f} GB bf16 ({args.layers} layers, hidden {args.hidden}, intermediate {intermediate}, "
               f"vocab {args.vocab}; largest tensor {largest / 1e6:.0f} MB); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-              f"at start; math on {args.device}; {args.repeats} alternating runs per tool, medians\n")
+              f"at start; math on {args.device}; {args.repeats} alternating runs per tool, medians; {native_kernels()}\n")
         columns = [f"{t} wall" for t in args.tools] + ["mergeflow / floor", "mergekit / mergeflow", "mergekit / fast"]
         columns += [f"{t} peak RSS" for t in args.tools] + ["mergeflow = mergekit", "fast: mask entries differing", "fast: output elements differing"]
         print("| method | " + " | ".join(columns) + " |")
