@@ -22,7 +22,7 @@ from mergeflow.engine.errors import MergeflowError
 from mergeflow.engine.plan import MergePlan, TensorTask
 from mergeflow.engine.views import replay_draws
 from mergeflow.engine.vocabulary import remap_vocabulary
-from mergeflow.engine.scheduling import CostLimit, MemoryBudget, PlanOrderTurns
+from mergeflow.engine.scheduling import CostLimit, MemoryBudget, PlanOrderTurns, working_set_limit
 from mergeflow.engine.writer import ShardWriter
 from mergeflow.methods import MergeInputs, MethodSpec
 
@@ -53,8 +53,9 @@ def execute(
     ranges, only opens them: see ``_streamed_inputs``) and one writes results behind the math; at most
     ``workers + 1`` tasks are in flight (read or being merged) plus one being written. Tasks are
     read, and start, in plan order, and only while the tensors held (inputs read, and results not
-    yet written) and the tasks running fit in the working set of the plan's largest task, so the
-    largest tensor is read, merged and written alone and peak memory does not grow with ``workers``.
+    yet written) and the tasks running fit in ``working_set_limit``: at a few workers the largest
+    tensor is read, merged and written alone, and memory grows with ``workers`` only by typical
+    tasks.
     The seed is set once, as mergekit does; each merge draws its random numbers in one block that
     waits for every earlier task's draws, so the random stream is consumed in plan order and the
     masks are mergekit's whatever the number of workers. On an accelerator the math runs on one
@@ -67,16 +68,17 @@ def execute(
     workers = 1 if math_device.type != "cpu" else max(1, workers or available_cores())
     tasks = plan.tasks
     costs = [_cost(task) for task in tasks]
-    budget = MemoryBudget(max(costs, default=0))
-    # Tasks whose tensors are in memory, from reading their inputs until their result is written:
-    # the (single, plan-order) reader waits for room, so the next large tensor is not read while
-    # the largest is merged or written. Merges and writes only wait for tasks already read, so
-    # that wait cannot deadlock.
-    held = CostLimit(max(costs, default=0))
+    limit = working_set_limit(costs, workers)
+    budget = MemoryBudget(limit)
+    # Tasks whose tensors are in memory, from reading their inputs until their result is written
+    # (once merged, only the result's share): the (single, plan-order) reader waits for room, so
+    # the next large tensor is not read while the largest is merged or written. Merges and writes
+    # only wait for tasks already read, so that wait cannot deadlock.
+    held = CostLimit(limit)
     draws = PlanOrderTurns()
 
     def read(index: int, task: TensorTask) -> MergeInputs:
-        held.hold(costs[index])
+        held.hold(index, costs[index])
         try:
             streamed = _streamed_inputs(task, method, checkpoints, math_device, fast_sparsify)
             if streamed is not None:
@@ -85,7 +87,7 @@ def execute(
             tensors = tensors if task.vocabulary is None else remap_vocabulary(tensors, task.vocabulary)
             return _merge_inputs(task, tuple(tensors), fast_sparsify)
         except BaseException:
-            held.release(costs[index])
+            held.release(index)
             raise
 
     def merge(index: int, task: TensorTask, inputs: Future) -> torch.Tensor:
@@ -99,12 +101,14 @@ def execute(
             with budget.running(index, costs[index]):
                 result = _merge_one(task, replace(loaded, random_draws=partial(draws.turn, index)), method, math_device)
                 del loaded
-                return result.to("cpu").to(task.out_dtype).contiguous()
+                result = result.to("cpu").to(task.out_dtype).contiguous()
         except BaseException:
-            held.release(costs[index])  # otherwise released once its result is written
+            held.release(index)  # otherwise released once its result is written
             raise
         finally:
             draws.end(index)
+        held.shrink(index, _result_cost(task))  # its inputs are gone; its result waits for the writer
+        return result
 
     reader = ThreadPoolExecutor(1, "mergeflow-read")
     pool = ThreadPoolExecutor(workers, "mergeflow-merge")
@@ -124,7 +128,7 @@ def execute(
             if written is not None:
                 written.result()
             written = saver.submit(writer.write, task.output_name, result)
-            written.add_done_callback(lambda _: (held.release(costs[index]), bar.update()))
+            written.add_done_callback(lambda _: (held.release(index), bar.update()))
             started += 1
             if started in quarters:
                 print(f"mergeflow merge: merged {started} of {len(tasks)} tensors", file=sys.stderr, flush=True)
@@ -148,6 +152,11 @@ def execute(
 def _cost(task: TensorTask) -> int:
     """A task's working set in elements, up to a factor that is the same for every task of a plan."""
     return math.prod(task.shape) * len(task.inputs)
+
+
+def _result_cost(task: TensorTask) -> int:
+    """The part of ``_cost`` a merged task holds until it is written: its result."""
+    return math.prod(task.shape)
 
 
 def _load(checkpoint: Checkpoint, name: str, task: TensorTask) -> torch.Tensor:
