@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import struct
+import threading
 
 import pytest
 import torch
@@ -234,12 +235,13 @@ def test_input_changed_during_a_merge(merge, models, model_copy, monkeypatch, ch
     model = model_copy("m1")
     file = model / "model.safetensors"
     original = file.read_bytes()
-    changed_once = []
+    changed_once, changing = [], threading.Lock()
 
     def changing_the_file_first(read):
         def first_read_changes_it(*args):
-            if not changed_once:
-                changed_once.append(change(file, original))
+            with changing:  # the merge workers read at once: one of them changes the file, once
+                if not changed_once:
+                    changed_once.append(change(file, original))
             return read(*args)
 
         return first_read_changes_it
