@@ -151,7 +151,7 @@ def execute(
 
 def _cost(task: TensorTask) -> int:
     """A task's working set in elements, up to a factor that is the same for every task of a plan."""
-    return math.prod(task.shape) * len(task.inputs)
+    return _result_cost(task) * len(task.inputs)
 
 
 def _result_cost(task: TensorTask) -> int:

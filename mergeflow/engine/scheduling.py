@@ -58,10 +58,10 @@ def working_set_limit(costs: list[int], workers: int) -> int:
     then grows with ``workers`` only past the largest task's working set."""
     if not costs:
         return 0
-    ordered, covered = sorted(costs, reverse=True), 0
+    ordered, total, covered = sorted(costs, reverse=True), sum(costs), 0
     for typical in ordered:
         covered += typical
-        if 2 * covered >= sum(ordered):
+        if 2 * covered >= total:
             break
     return max(ordered[0], (workers + 2) * typical)
 
